@@ -1,0 +1,126 @@
+"""Command line: ``lplgrad run | demo | strategies | datasets``. Only this module prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lplgrad import config as cfg
+from lplgrad.datasets import check_dataset_name, list_datasets
+from lplgrad.errors import UserError
+from lplgrad.experiment import run_experiment
+from lplgrad.strategies import list_strategies, strategy_class
+from lplgrad.summary import accuracy_table
+from lplgrad.train import TrainingDiverged
+
+# CLI flag -> config key. Flags are applied after --config and before --set.
+FLAG_KEYS = {
+    "dataset": "data.name", "strategy": "active.strategies", "trials": "active.trials",
+    "initial": "active.initial", "query": "active.query", "rounds": "active.rounds",
+    "budget": "active.budget", "subset": "active.subset", "epochs": "train.epochs",
+    "width": "model.width", "seed": "seed", "device": "device", "data_root": "data.root",
+    "download": "data.download",
+}
+
+
+def _run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="run an active learning experiment",
+                         description="Run trials x strategies x rounds and write DIR/results.jsonl.")
+    run.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default digits)")
+    run.add_argument("--strategy", help="comma-separated strategy names (see `lplgrad strategies`)")
+    run.add_argument("--trials", type=int, help="number of trials; trial t uses seed + t")
+    run.add_argument("--initial", type=int, help="size of the random initial labeled set (B)")
+    run.add_argument("--query", type=int, help="images labeled per round")
+    stop = run.add_mutually_exclusive_group()
+    stop.add_argument("--rounds", type=int, help="training rounds (rounds - 1 queries)")
+    stop.add_argument("--budget", type=int, help="final labeled-set size (A); overrides rounds")
+    run.add_argument("--subset", type=int, help="random unlabeled candidates scored per round (R)")
+    run.add_argument("--epochs", type=int, help="training epochs per round")
+    run.add_argument("--width", type=int, help="ResNet-18 base width (64 in the paper)")
+    run.add_argument("--seed", type=int, help="run seed (default 0)")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--data-root", help="folder of torchvision datasets (default ./data)")
+    run.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
+    run.add_argument("--config", type=Path, help="TOML file of settings (e.g. a previous run's config.toml)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
+    run.add_argument("--out", type=Path, required=True, help="output folder (config.toml, results.jsonl)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lplgrad",
+        description="Deep active learning for image classification: LPLgrad and its baselines.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    demo = sub.add_parser("demo", help="quick start: lplgrad vs entropy vs random on the bundled digits")
+    demo.add_argument("--out", type=Path, help="also write config.toml and results.jsonl here")
+    sub.add_parser("strategies", help="list the registered query strategies")
+    sub.add_parser("datasets", help="list the dataset names")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
+    """File <- flags <- --set, then resolved over the defaults."""
+    values: dict[str, Any] = cfg.read_toml(args.config) if args.config else {}
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[key] = value
+    values.update(cfg.parse_set(args.set))
+    config = cfg.resolve(values)
+    check_dataset_name(config.data.name)
+    for name in config.active.strategies:
+        strategy_class(name)
+    return config
+
+
+def demo_config() -> cfg.RunConfig:
+    """A minute on a 2-core CPU: 3 strategies x 2 trials x 5 rounds on digits."""
+    return cfg.resolve({
+        "data.name": "digits", "active.strategies": ["lplgrad", "entropy", "random"],
+        "active.trials": 2, "active.initial": 40, "active.query": 40, "active.rounds": 5,
+        "train.epochs": 25, "model.width": 8, "device": "cpu",
+    })
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s", stream=sys.stderr,
+    )
+    try:
+        if args.command == "strategies":
+            print("\n".join(list_strategies()))
+        elif args.command == "datasets":
+            print("\n".join(list_datasets()))
+        elif args.command == "demo":
+            start = time.perf_counter()
+            rows = run_experiment(demo_config(), args.out, progress=True)
+            print(f"\nTest accuracy (%), mean ± std over 2 trials, digits, {time.perf_counter() - start:.0f} s:")
+            print(accuracy_table(rows))
+        elif args.command == "run":
+            rows = run_experiment(config_from_args(args), args.out, progress=True)
+            print(accuracy_table(rows))
+            print(f"results: {args.out / 'results.jsonl'}")
+        return 0
+    except UserError as error:
+        print(f"lplgrad: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"lplgrad: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lplgrad: interrupted; finished rounds are in results.jsonl", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Run configuration: dataclass defaults <- per-dataset defaults <- TOML file <- CLI flags <- --set.
+
+Every key is a dotted path into ``RunConfig`` (``train.lr``, ``active.query``,
+``seed``); unknown keys and values of the wrong type are errors that name the
+valid choices. The resolved configuration is written next to the results as
+config.toml, and that file can be passed back with ``--config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lplgrad.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = "data"  # where torchvision datasets live / are downloaded
+    download: bool = False
+    image_size: int = 0  # square size to resize folder images to; 0 = native if uniform, else 224
+    holdout: float = 0.2  # test fraction for data without a test split (digits, caltech101, one folder)
+    split_seed: int = 0  # the holdout split is fixed across trials so every trial has the same test set
+    cache_dir: str = ""  # decoded image folders; "" = $LPLGRAD_CACHE or ~/.cache/lplgrad
+    flip: bool = True  # horizontal-flip augmentation for image folders
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64  # channels of ResNet-18's first stage (64 in the paper)
+    stem: str = "auto"  # auto (cifar for images <= 64 px, else imagenet) | cifar | imagenet
+    loss_module_hidden: int = 128
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list[float] = field(default_factory=lambda: [0.8])  # fractions of epochs; lr *= gamma there
+    gamma: float = 0.1
+    margin: float = 1.0  # of the ranking loss
+    loss_weight: float = 1.0  # lambda: total = CE + lambda * ranking loss
+    epoch_loss: float = 0.6  # fraction of epochs after which w_aux's inputs are detached (120 of 200)
+    warm_start: bool = True  # keep the models across rounds, as the paper's public code does
+    eval_batch_size: int = 512
+
+
+@dataclass
+class ActiveConfig:
+    strategies: list[str] = field(default_factory=lambda: ["lplgrad"])
+    trials: int = 1
+    initial: int = 1000  # B: size of the random initial labeled set
+    query: int = 1000  # images labeled per round
+    rounds: int = 10  # training rounds (rounds - 1 queries); ignored when budget > 0
+    budget: int = 0  # A: final labeled-set size; > 0 overrides rounds
+    subset: int = 10000  # R: random unlabeled candidates scored per round (Beluch et al. 2018)
+    reduction: str = "layer_sum"  # gradient-norm aggregation: layer_sum (public code) | global (eq. 8)
+    score_batch_size: int = 128
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
+    seed: int = 0  # trial t uses seed + t
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+# The paper's Section IV.A / Table I settings; digits is the small embedded default.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar10": {"train.lr": 0.1, "train.epochs": 200, "train.milestones": [0.8], "train.batch_size": 128},
+    "cifar100": {"train.lr": 0.1, "train.epochs": 200, "train.milestones": [0.8], "train.batch_size": 128},
+    "svhn": {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128},
+    "caltech101": {
+        "train.lr": 0.01, "train.epochs": 50, "train.milestones": [0.8], "train.batch_size": 80,
+        "active.initial": 500, "active.query": 500,
+    },
+    "imagefolder": {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128},
+    "digits": {
+        "train.lr": 0.05, "train.epochs": 30, "train.milestones": [0.8], "train.batch_size": 32,
+        "model.width": 16, "active.initial": 50, "active.query": 50, "active.rounds": 5,
+    },
+}
+
+
+def dataset_family(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys() -> dict[str, Any]:
+    """Every dotted key and its type, e.g. {"train.lr": float, "seed": int, ...}."""
+    keys: dict[str, Any] = {}
+    for name, kind in _field_types(RunConfig).items():
+        if dataclasses.is_dataclass(kind):
+            for sub, sub_kind in _field_types(kind).items():  # type: ignore[arg-type]
+                keys[f"{name}.{sub}"] = sub_kind
+        else:
+            keys[name] = kind
+    return keys
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check ``value`` against the field type, with the few conversions a CLI user expects."""
+    bad = UserError(f"{key} expects {getattr(kind, '__name__', str(kind))}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+            if item is float:
+                try:
+                    value = [float(v) for v in value]
+                except ValueError:
+                    raise bad from None
+        if isinstance(value, int | float) and not isinstance(value, bool) and item is float:
+            value = [value]
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(key, v, item) for v in value]
+    raise bad
+
+
+def parse_value(raw: str) -> Any:
+    """A --set value: TOML syntax when it parses (1, 0.1, true, [0.5, 0.8]), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """['train.lr=0.01', ...] -> {'train.lr': 0.01, ...}."""
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = parse_value(raw.strip())
+    return values
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file as dotted keys; a missing or malformed file is a UserError."""
+    try:
+        with open(path, "rb") as handle:
+            return flatten(tomllib.load(handle))
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def check_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Type-check dotted keys; unknown keys name the valid ones."""
+    keys = valid_keys()
+    checked = {}
+    for key, value in values.items():
+        if key not in keys:
+            raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(keys))}")
+        checked[key] = _coerce(key, value, keys[key])
+    return checked
+
+
+def apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """Set dotted keys on a copy of ``config``."""
+    config = dataclasses.replace(
+        config, **{f.name: dataclasses.replace(getattr(config, f.name)) for f in dataclasses.fields(config)
+                   if dataclasses.is_dataclass(getattr(config, f.name))}
+    )
+    for key, value in values.items():
+        section, _, name = key.rpartition(".")
+        target = getattr(config, section) if section else config
+        setattr(target, name, value)
+    return config
+
+
+def resolve(user_values: dict[str, Any]) -> RunConfig:
+    """Defaults <- dataset defaults <- ``user_values`` (dotted keys from file, flags and --set, in that order)."""
+    user_values = check_keys(user_values)
+    name = user_values.get("data.name", DataConfig.name)
+    defaults = DATASET_DEFAULTS.get(dataset_family(name), {})
+    config = apply(apply(RunConfig(), check_keys(defaults)), user_values)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that need no data; pool-size checks happen once the data is loaded."""
+    positive = {
+        "train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
+        "active.trials": config.active.trials, "active.initial": config.active.initial,
+        "active.query": config.active.query, "active.rounds": config.active.rounds,
+        "active.subset": config.active.subset, "model.width": config.model.width,
+        "active.score_batch_size": config.active.score_batch_size,
+        "train.eval_batch_size": config.train.eval_batch_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"{key} must be >= 1, got {value}")
+    if config.train.lr <= 0:
+        raise UserError(f"train.lr must be > 0, got {config.train.lr}")
+    if config.active.budget < 0:
+        raise UserError(f"active.budget must be >= 0, got {config.active.budget}")
+    if 0 < config.active.budget < config.active.initial:
+        raise UserError(
+            f"active.budget ({config.active.budget}) is smaller than the initial set ({config.active.initial})"
+        )
+    if not 0 < config.data.holdout < 1:
+        raise UserError(f"data.holdout must be between 0 and 1, got {config.data.holdout}")
+    if config.active.reduction not in ("layer_sum", "global"):
+        raise UserError(f"active.reduction must be layer_sum or global, got {config.active.reduction!r}")
+    if config.model.stem not in ("auto", "cifar", "imagenet"):
+        raise UserError(f"model.stem must be auto, cifar or imagenet, got {config.model.stem!r}")
+    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
+    if not config.active.strategies:
+        raise UserError("no strategy given")
+    for fraction in [*config.train.milestones, config.train.epoch_loss]:
+        if not 0 <= fraction <= 1:
+            raise UserError(f"train.milestones and train.epoch_loss are fractions of the epochs, got {fraction}")
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config: RunConfig) -> str:
+    """The resolved configuration as TOML that ``--config`` reads back to the same RunConfig."""
+    table = to_dict(config)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for section, values in table.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"

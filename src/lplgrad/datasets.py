@@ -1,0 +1,179 @@
+"""Registry of dataset loaders: each returns a ``Dataset`` of uint8 tensors.
+
+digits (scikit-learn's bundled 8x8 digits, no download), the torchvision
+datasets cifar10, cifar100, svhn, caltech101 (``data.root``, ``data.download``)
+and ``imagefolder:PATH`` for any folder of class subfolders (the paper's
+disaster images, or a user's own).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from lplgrad.config import DataConfig
+from lplgrad.data import Augment, Dataset, Split, channel_stats
+from lplgrad.errors import UserError
+from lplgrad.imagefolder import decode_folder, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[DataConfig], Dataset]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    def decorator(loader: Loader) -> Loader:
+        _LOADERS[name] = loader
+        return loader
+
+    return decorator
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names; ``imagefolder:PATH`` takes a path."""
+    return sorted([*_LOADERS, "imagefolder:PATH"])
+
+
+def check_dataset_name(name: str) -> None:
+    if name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
+        return
+    if name not in _LOADERS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the dataset named by ``config.name`` (see ``list_datasets()``)."""
+    check_dataset_name(config.name)
+    if config.name.startswith("imagefolder:"):
+        return load_imagefolder(Path(config.name.split(":", 1)[1]).expanduser(), config)
+    return _LOADERS[config.name](config)
+
+
+def _holdout(images: torch.Tensor, labels: torch.Tensor, config: DataConfig) -> tuple[Split, Split]:
+    """Seeded stratified train/test split for data that ships without one."""
+    index = np.arange(len(labels))
+    counts = np.bincount(labels.numpy())
+    stratify = labels.numpy() if counts[counts > 0].min() >= 2 else None
+    train_idx, test_idx = train_test_split(
+        index, test_size=config.holdout, random_state=config.split_seed, stratify=stratify
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return (
+        Split(images[train_idx], labels[train_idx]),
+        Split(images[test_idx], labels[test_idx]),
+    )
+
+
+def _make(name: str, train: Split, test: Split, classes: list[str], flip: bool) -> Dataset:
+    mean, std = channel_stats(train.images)
+    size = train.images.shape[-1]
+    return Dataset(name, train, test, classes, mean, std, Augment(crop_padding=max(1, size // 8), flip=flip))
+
+
+def _data_root(config: DataConfig) -> Path:
+    root = Path(config.root).expanduser()
+    if not config.download and not root.is_dir():
+        raise UserError(f"data root {root} does not exist; pass --download or point --data-root at the data")
+    return root
+
+
+def _torchvision(factory: Callable[[], object], name: str) -> object:
+    try:
+        return factory()
+    except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
+        raise UserError(f"{name}: {error}".replace("\n", " ")) from error
+
+
+@register_dataset("digits")
+def load_digits(config: DataConfig) -> Dataset:
+    """scikit-learn's 1,797 8x8 grayscale digits (pixel values 0-16), split by a stratified holdout."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    pixels = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    images = torch.from_numpy(pixels).unsqueeze(1)  # [N, 1, 8, 8]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    train, test = _holdout(images, labels, config)
+    return _make("digits", train, test, [str(d) for d in range(10)], flip=False)
+
+
+def _cifar(config: DataConfig, name: str) -> Dataset:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    root = _data_root(config)
+    splits = []
+    for is_train in (True, False):
+        ds = _torchvision(lambda t=is_train: cls(str(root), train=t, download=config.download), name)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))  # type: ignore[attr-defined]
+    return _make(name, splits[0], splits[1], list(ds.classes), flip=True)  # type: ignore[attr-defined]
+
+
+@register_dataset("cifar10")
+def load_cifar10(config: DataConfig) -> Dataset:
+    return _cifar(config, "cifar10")
+
+
+@register_dataset("cifar100")
+def load_cifar100(config: DataConfig) -> Dataset:
+    return _cifar(config, "cifar100")
+
+
+@register_dataset("svhn")
+def load_svhn(config: DataConfig) -> Dataset:
+    """Street View House Numbers (train 73,257 / test 26,032). No flip: digits are not mirror-symmetric."""
+    from torchvision import datasets
+
+    root = _data_root(config)
+    splits = []
+    for split in ("train", "test"):
+        ds = _torchvision(lambda s=split: datasets.SVHN(str(root), split=s, download=config.download), "svhn")
+        images = torch.from_numpy(ds.data).contiguous()  # type: ignore[attr-defined]  # already [N, 3, 32, 32]
+        splits.append(Split(images, torch.from_numpy(ds.labels.astype(np.int64))))  # type: ignore[attr-defined]
+    return _make("svhn", splits[0], splits[1], [str(d) for d in range(10)], flip=False)
+
+
+@register_dataset("caltech101")
+def load_caltech101(config: DataConfig) -> Dataset:
+    """Caltech-101, resized to ``data.image_size`` (224 by default) and split by a stratified holdout."""
+    from torchvision import datasets
+
+    root = _data_root(config)
+    ds = _torchvision(
+        lambda: datasets.Caltech101(str(root), target_type="category", download=config.download), "caltech101"
+    )
+    folder = Path(ds.root) / "101_ObjectCategories"  # type: ignore[attr-defined]
+    size = config.image_size or 224
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    classes = list(ds.categories)  # type: ignore[attr-defined]
+    decoded = decode_folder(folder, classes=classes, image_size=size, cache_dir=cache)
+    train, test = _holdout(decoded.images, decoded.labels, config)
+    return _make("caltech101", train, test, classes, flip=True)
+
+
+def load_imagefolder(root: Path, config: DataConfig) -> Dataset:
+    """A folder with train/ and test/ class subfolders, or one folder of class subfolders (holdout split)."""
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    name = f"imagefolder:{root}"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_images = decode_folder(root / "train", image_size=config.image_size, cache_dir=cache)
+        size = train_images.images.shape[-1]
+        test_images = decode_folder(root / "test", classes=train_images.classes, image_size=size, cache_dir=cache)
+        train = Split(train_images.images, train_images.labels)
+        test = Split(test_images.images, test_images.labels)
+        classes = train_images.classes
+        skipped = train_images.skipped + test_images.skipped
+    else:
+        decoded = decode_folder(root, image_size=config.image_size, cache_dir=cache)
+        train, test = _holdout(decoded.images, decoded.labels, config)
+        classes, skipped = decoded.classes, decoded.skipped
+    dataset = _make(name, train, test, classes, flip=config.flip)
+    return replace(dataset, skipped_files=tuple(skipped))

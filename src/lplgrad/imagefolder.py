@@ -1,0 +1,157 @@
+"""Decoding a folder of class subfolders into uint8 tensors, once, with an on-disk cache.
+
+Layout: ``ROOT/<class>/<image>`` (one pool, split later by a stratified
+holdout) or ``ROOT/train/<class>/...`` plus ``ROOT/test/<class>/...``.
+Decoding is per image (Pillow, in a thread pool) but happens only the first
+time: the tensors are saved under the cache directory, keyed by every file's
+relative path, size and modification time and by the requested image size, so
+the second run starts in seconds and any change to the folder invalidates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from lplgrad.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_MIXED_SIZE = 224  # ImageNet resolution, used when a folder's images differ in size
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    """Decoded images uint8 [N, 3, H, W], labels int64 [N], class names, and files that failed to decode."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    skipped: list[str]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LPLGRAD_CACHE", Path.home() / ".cache" / "lplgrad"))
+
+
+def scan(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Image files under ``root/<class>/`` (sorted), their class index, and the class names."""
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist or is not a directory")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise UserError(f"{root} has classes the training split lacks: {', '.join(unknown)}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    if not paths:
+        raise UserError(f"no images found in {root} (expected {root}/<class>/<image>.jpg|png|...)")
+    return paths, labels, classes
+
+
+def _cache_key(paths: list[Path], root: Path, size: int) -> str:
+    digest = hashlib.sha256(f"v1 size={size}".encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+def _decode(path: Path, size: int) -> np.ndarray | None:
+    """One image as uint8 [H, W, 3] resized to size x size (0 = keep); None if it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+            if size and rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        log.debug("cannot decode %s: %s", path, error)
+        return None
+
+
+def choose_size(paths: list[Path], requested: int, workers: int) -> int:
+    """The square size to decode to: ``requested`` if > 0, else the common size, else 224."""
+    if requested > 0:
+        return requested
+    with ThreadPoolExecutor(workers) as pool:
+        sizes = Counter(s for s in pool.map(_header_size, paths) if s is not None)
+    if len(sizes) == 1:
+        (width, height), _ = sizes.most_common(1)[0]
+        if width == height:
+            return 0  # keep native size
+    log.info("images differ in size; resizing all to %dx%d (set data.image_size to change)", *(DEFAULT_MIXED_SIZE,) * 2)
+    return DEFAULT_MIXED_SIZE
+
+
+def decode_folder(
+    root: Path,
+    classes: list[str] | None = None,
+    image_size: int = 0,
+    cache_dir: Path | None = None,
+    workers: int | None = None,
+) -> FolderImages:
+    """Decode ``root/<class>/*`` into tensors, reading the cache when the folder is unchanged."""
+    paths, labels, classes = scan(root, classes)
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    size = choose_size(paths, image_size, workers)
+    cache_dir = cache_dir or default_cache_dir()
+    cache_file = cache_dir / f"folder-{_cache_key(paths, root, size)}.pt"
+    if cache_file.exists():
+        cached = torch.load(cache_file, weights_only=True)
+        log.info("loaded %d decoded images of %s from cache %s", len(cached["labels"]), root, cache_file)
+        return FolderImages(cached["images"], cached["labels"], classes, list(cached["skipped"]))
+
+    log.info("decoding %d images under %s (once; cached afterwards)", len(paths), root)
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = list(pool.map(lambda p: _decode(p, size), paths))
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    skipped = [str(paths[i]) for i, a in enumerate(arrays) if a is None]
+    if skipped:
+        log.warning("skipped %d unreadable image file(s) under %s", len(skipped), root)
+    if not keep:
+        raise UserError(f"none of the {len(paths)} image files under {root} could be decoded")
+    shapes = Counter(arrays[i].shape for i in keep)  # type: ignore[union-attr]
+    if len(shapes) > 1:
+        raise UserError(f"images under {root} differ in size {sorted(shapes)[:3]}; set data.image_size")
+    images = torch.from_numpy(np.stack([arrays[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
+    label_tensor = torch.tensor([labels[i] for i in keep], dtype=torch.long)
+    empty = [classes[c] for c in range(len(classes)) if not (label_tensor == c).any()]
+    if empty:
+        log.warning("class folder(s) with no readable image: %s", ", ".join(empty))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"images": images, "labels": label_tensor, "skipped": skipped}, tmp)
+    os.replace(tmp, cache_file)
+    return FolderImages(images, label_tensor, classes, skipped)

@@ -1,0 +1,21 @@
+"""Query strategies, registered by name. Import order only fills the registry."""
+
+from lplgrad.strategies import coreset, gradnorm, learning_loss, random_sampling, uncertainty
+from lplgrad.strategies.base import QueryContext, Selection, Strategy, top_k
+from lplgrad.strategies.registry import create_strategy, list_strategies, register_strategy, strategy_class
+
+__all__ = [
+    "QueryContext",
+    "Selection",
+    "Strategy",
+    "coreset",
+    "create_strategy",
+    "gradnorm",
+    "learning_loss",
+    "list_strategies",
+    "random_sampling",
+    "register_strategy",
+    "strategy_class",
+    "top_k",
+    "uncertainty",
+]

@@ -1,0 +1,74 @@
+"""The query interface: ``Strategy.select(QueryContext, k) -> Selection``.
+
+A strategy reads the trained model(s) and the data, and returns k absolute
+indices of training images to label next. Higher score = more informative,
+always. A strategy never changes weights or train/eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lplgrad.data import Dataset
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """Everything a strategy may read.
+
+    candidates: absolute indices into ``dataset.train`` that may be selected, int64 [M].
+    labeled: absolute indices already labeled, int64 [L].
+    generator: seeded CPU generator, the only source of randomness a strategy may use.
+    loss_module: w_aux, when the strategy trained with it.
+    """
+
+    model: nn.Module
+    dataset: Dataset
+    candidates: Tensor
+    labeled: Tensor
+    generator: torch.Generator
+    loss_module: nn.Module | None = None
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Chosen absolute indices [k] and, when the strategy has them, their scores [k]."""
+
+    indices: Tensor
+    scores: Tensor | None = None
+
+
+def check_k(k: int, num_candidates: int) -> None:
+    if k < 1:
+        raise ValueError(f"query size must be >= 1, got {k}")
+    if k > num_candidates:
+        raise ValueError(f"cannot select {k} images from {num_candidates} candidates")
+
+
+def top_k(candidates: Tensor, scores: Tensor, k: int) -> Selection:
+    """The k highest-scoring candidates; ties go to the lower image index, NaN scores last."""
+    order = torch.argsort(candidates.cpu(), stable=True)
+    candidates, scores = candidates.cpu()[order], scores.detach().float().cpu()[order]
+    scores = torch.nan_to_num(scores, nan=float("-inf"))
+    best = torch.sort(scores, descending=True, stable=True).indices[:k]
+    return Selection(candidates[best], scores[best])
+
+
+class Strategy:
+    """Base class. Score-based strategies implement ``score``; others override ``select``."""
+
+    name: ClassVar[str] = ""
+    uses_loss_module: ClassVar[bool] = False  # train w_aux jointly with w_main for this strategy
+
+    def select(self, ctx: QueryContext, k: int) -> Selection:
+        check_k(k, ctx.candidates.numel())
+        return top_k(ctx.candidates, self.score(ctx), k)
+
+    def score(self, ctx: QueryContext) -> Tensor:
+        """Informativeness [M] of each candidate, in ``ctx.candidates`` order."""
+        raise NotImplementedError

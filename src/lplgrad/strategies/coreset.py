@@ -1,0 +1,52 @@
+"""Core-set (Sener & Savarese, ICLR 2018): greedy k-center on penultimate features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lplgrad.inference import predict
+from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
+from lplgrad.strategies.registry import register_strategy
+
+
+def min_distances(points: Tensor, centers: Tensor, chunk: int = 1024) -> Tensor:
+    """Euclidean distance [N] from each point [N, D] to its nearest center [M, D] (inf if M = 0)."""
+    nearest = torch.full((points.shape[0],), float("inf"), device=points.device)
+    for start in range(0, centers.shape[0], chunk):
+        distances = torch.cdist(points, centers[start : start + chunk])
+        nearest = torch.minimum(nearest, distances.min(dim=1).values)
+    return nearest
+
+
+def k_center_greedy(points: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Sener & Savarese Alg. 1: repeatedly add the point farthest from all centers.
+
+    Returns positions [k] into ``points`` and each pick's distance at the time it
+    was picked (its score). Ties go to the lower position.
+    """
+    nearest = min_distances(points, centers)
+    picks, scores = [], []
+    for _ in range(k):
+        best = int(torch.argmax(nearest))
+        picks.append(best)
+        scores.append(nearest[best].item())
+        nearest = torch.minimum(nearest, torch.cdist(points, points[best : best + 1]).squeeze(1))
+        nearest[best] = -1.0  # never pick twice, even when points coincide
+    return torch.tensor(picks, dtype=torch.long), torch.tensor(scores)
+
+
+@register_strategy
+@dataclass(frozen=True)
+class CoreSet(Strategy):
+    name = "coreset"
+
+    def select(self, ctx: QueryContext, k: int) -> Selection:
+        check_k(k, ctx.candidates.numel())
+        candidates = ctx.candidates.cpu().sort().values
+        candidate_emb = predict(ctx.model, ctx.dataset, candidates, ctx.batch_size, embeddings=True)["embeddings"]
+        labeled_emb = predict(ctx.model, ctx.dataset, ctx.labeled, ctx.batch_size, embeddings=True)["embeddings"]
+        positions, scores = k_center_greedy(candidate_emb, labeled_emb, k)
+        return Selection(candidates[positions], scores)

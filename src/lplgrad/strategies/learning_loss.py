@@ -1,0 +1,24 @@
+"""Learning Loss (Yoo & Kweon, CVPR 2019): query the images with the largest loss predicted by w_aux."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from lplgrad.inference import predict
+from lplgrad.strategies.base import QueryContext, Strategy
+from lplgrad.strategies.registry import register_strategy
+
+
+@register_strategy
+@dataclass(frozen=True)
+class LearningLoss(Strategy):
+    name = "learning-loss"
+    uses_loss_module = True
+
+    def score(self, ctx: QueryContext) -> Tensor:
+        if ctx.loss_module is None:
+            raise ValueError("learning-loss needs the loss module (w_aux) trained with the model")
+        out = predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, loss_module=ctx.loss_module)
+        return out["predicted_loss"]

@@ -1,0 +1,49 @@
+"""Uncertainty sampling from the main model's softmax: entropy, margin, least confidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from lplgrad import uncertainty
+from lplgrad.inference import predict
+from lplgrad.strategies.base import QueryContext, Strategy
+from lplgrad.strategies.registry import register_strategy
+
+
+def _logits(ctx: QueryContext) -> Tensor:
+    return predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size)["logits"]
+
+
+@register_strategy
+@dataclass(frozen=True)
+class Entropy(Strategy):
+    """Max predictive entropy (Shannon); the paper's "Entropy" baseline."""
+
+    name = "entropy"
+
+    def score(self, ctx: QueryContext) -> Tensor:
+        return uncertainty.entropy(_logits(ctx))
+
+
+@register_strategy
+@dataclass(frozen=True)
+class Margin(Strategy):
+    """Smallest gap between the two most probable classes."""
+
+    name = "margin"
+
+    def score(self, ctx: QueryContext) -> Tensor:
+        return uncertainty.margin(_logits(ctx))
+
+
+@register_strategy
+@dataclass(frozen=True)
+class LeastConfidence(Strategy):
+    """Lowest top-class probability."""
+
+    name = "least-confidence"
+
+    def score(self, ctx: QueryContext) -> Tensor:
+        return uncertainty.least_confidence(_logits(ctx))

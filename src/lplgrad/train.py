@@ -1,0 +1,101 @@
+"""The training phase: w_main and (optionally) w_aux trained jointly on the labeled set.
+
+Total loss (Yoo & Kweon 2019, eq. 3; LPLgrad Sec. III.B):
+    L = mean_i CE(w_main(x_i), y_i) + lambda * L_rank(w_aux(features_i), CE_i)
+After ``epoch_loss`` of the epochs the features fed to w_aux are detached, so
+the ranking loss stops shaping the backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from lplgrad.config import TrainConfig
+from lplgrad.data import Dataset, augment_batch
+from lplgrad.losses import loss_prediction_loss
+from lplgrad.models.output import split_output
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"training loss is not finite at epoch {epoch + 1}; try a lower learning rate (train.lr)")
+        self.epoch = epoch
+
+
+def make_optimizer(
+    modules: list[nn.Module], config: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    """SGD with momentum and weight decay over all modules, and a MultiStepLR at the milestone fractions."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
+    return optimizer, scheduler
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    labeled: Tensor,
+    config: TrainConfig,
+    seed: int,
+    loss_module: nn.Module | None = None,
+    progress: bool = False,
+    description: str = "train",
+) -> float:
+    """Train ``model`` (and ``loss_module`` when given) on ``dataset.train[labeled]``.
+
+    ``seed`` fixes the data order and augmentation. Returns the mean total loss of
+    the last epoch. Raises TrainingDiverged on a NaN/inf loss.
+    """
+    device = next(model.parameters()).device
+    order_generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator(device=device).manual_seed(seed)
+    labeled = labeled.to(device)
+    images, labels = dataset.train.images, dataset.train.labels
+    modules = [m for m in (model, loss_module) if m is not None]
+    optimizer, scheduler = make_optimizer(modules, config)
+    detach_epoch = round(config.epoch_loss * config.epochs)
+    for module in modules:
+        module.train()
+
+    epoch_loss = 0.0
+    show = progress and sys.stderr.isatty()
+    for epoch in tqdm(range(config.epochs), desc=description, disable=not show, leave=False):
+        order = labeled[torch.randperm(labeled.numel(), generator=order_generator).to(device)]
+        total = torch.zeros((), device=device)
+        for start in range(0, order.numel(), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            x = dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator))
+            y = labels[batch]
+            logits, features = split_output(model(x))
+            per_sample = F.cross_entropy(logits, y, reduction="none")
+            loss = per_sample.mean()
+            if loss_module is not None:
+                if features is None:
+                    raise ValueError("training with the loss module needs a model that returns feature maps")
+                if epoch >= detach_epoch:
+                    features = [f.detach() for f in features]
+                predicted = loss_module(features)
+                loss = loss + config.loss_weight * loss_prediction_loss(predicted, per_sample, config.margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * batch.numel()
+        scheduler.step()
+        epoch_loss = float(total) / order.numel()  # one sync per epoch, also the NaN check
+        if not torch.isfinite(torch.tensor(epoch_loss)):
+            raise TrainingDiverged(epoch)
+    return epoch_loss
