@@ -19,17 +19,29 @@ from lplgrad.train import TrainingDiverged
 
 # CLI flag -> config key. Flags are applied after --config and before --set.
 FLAG_KEYS = {
-    "dataset": "data.name", "strategy": "active.strategies", "trials": "active.trials",
-    "initial": "active.initial", "query": "active.query", "rounds": "active.rounds",
-    "budget": "active.budget", "subset": "active.subset", "epochs": "train.epochs",
-    "width": "model.width", "seed": "seed", "device": "device", "data_root": "data.root",
+    "dataset": "data.name",
+    "strategy": "active.strategies",
+    "trials": "active.trials",
+    "initial": "active.initial",
+    "query": "active.query",
+    "rounds": "active.rounds",
+    "budget": "active.budget",
+    "subset": "active.subset",
+    "epochs": "train.epochs",
+    "width": "model.width",
+    "seed": "seed",
+    "device": "device",
+    "data_root": "data.root",
     "download": "data.download",
 }
 
 
 def _run_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="run an active learning experiment",
-                         description="Run trials x strategies x rounds and write DIR/results.jsonl.")
+    run = sub.add_parser(
+        "run",
+        help="run an active learning experiment",
+        description="Run trials x strategies x rounds and write DIR/results.jsonl.",
+    )
     run.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default digits)")
     run.add_argument("--strategy", help="comma-separated strategy names (see `lplgrad strategies`)")
     run.add_argument("--trials", type=int, help="number of trials; trial t uses seed + t")
@@ -46,8 +58,13 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--data-root", help="folder of torchvision datasets (default ./data)")
     run.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
     run.add_argument("--config", type=Path, help="TOML file of settings (e.g. a previous run's config.toml)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any config key, e.g. --set train.lr=0.01 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set train.lr=0.01 (repeatable)",
+    )
     run.add_argument("--out", type=Path, required=True, help="output folder (config.toml, results.jsonl)")
 
 
@@ -83,18 +100,27 @@ def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
 
 def demo_config() -> cfg.RunConfig:
     """A minute on a 2-core CPU: 3 strategies x 2 trials x 5 rounds on digits."""
-    return cfg.resolve({
-        "data.name": "digits", "active.strategies": ["lplgrad", "entropy", "random"],
-        "active.trials": 2, "active.initial": 40, "active.query": 40, "active.rounds": 5,
-        "train.epochs": 25, "model.width": 8, "device": "cpu",
-    })
+    return cfg.resolve(
+        {
+            "data.name": "digits",
+            "active.strategies": ["lplgrad", "entropy", "random"],
+            "active.trials": 2,
+            "active.initial": 40,
+            "active.query": 40,
+            "active.rounds": 5,
+            "train.epochs": 25,
+            "model.width": 8,
+            "device": "cpu",
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s", stream=sys.stderr,
+        format="%(message)s",
+        stream=sys.stderr,
     )
     try:
         if args.command == "strategies":

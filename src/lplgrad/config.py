@@ -82,13 +82,23 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar100": {"train.lr": 0.1, "train.epochs": 200, "train.milestones": [0.8], "train.batch_size": 128},
     "svhn": {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128},
     "caltech101": {
-        "train.lr": 0.01, "train.epochs": 50, "train.milestones": [0.8], "train.batch_size": 80,
-        "active.initial": 500, "active.query": 500,
+        "train.lr": 0.01,
+        "train.epochs": 50,
+        "train.milestones": [0.8],
+        "train.batch_size": 80,
+        "active.initial": 500,
+        "active.query": 500,
     },
     "imagefolder": {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128},
     "digits": {
-        "train.lr": 0.05, "train.epochs": 30, "train.milestones": [0.8], "train.batch_size": 32,
-        "model.width": 16, "active.initial": 50, "active.query": 50, "active.rounds": 5,
+        "train.lr": 0.05,
+        "train.epochs": 30,
+        "train.milestones": [0.8],
+        "train.batch_size": 32,
+        "model.width": 16,
+        "active.initial": 50,
+        "active.query": 50,
+        "active.rounds": 5,
     },
 }
 
@@ -203,8 +213,12 @@ def check_keys(values: dict[str, Any]) -> dict[str, Any]:
 def apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
     """Set dotted keys on a copy of ``config``."""
     config = dataclasses.replace(
-        config, **{f.name: dataclasses.replace(getattr(config, f.name)) for f in dataclasses.fields(config)
-                   if dataclasses.is_dataclass(getattr(config, f.name))}
+        config,
+        **{
+            f.name: dataclasses.replace(getattr(config, f.name))
+            for f in dataclasses.fields(config)
+            if dataclasses.is_dataclass(getattr(config, f.name))
+        },
     )
     for key, value in values.items():
         section, _, name = key.rpartition(".")
@@ -226,10 +240,14 @@ def resolve(user_values: dict[str, Any]) -> RunConfig:
 def validate(config: RunConfig) -> None:
     """Range checks that need no data; pool-size checks happen once the data is loaded."""
     positive = {
-        "train.epochs": config.train.epochs, "train.batch_size": config.train.batch_size,
-        "active.trials": config.active.trials, "active.initial": config.active.initial,
-        "active.query": config.active.query, "active.rounds": config.active.rounds,
-        "active.subset": config.active.subset, "model.width": config.model.width,
+        "train.epochs": config.train.epochs,
+        "train.batch_size": config.train.batch_size,
+        "active.trials": config.active.trials,
+        "active.initial": config.active.initial,
+        "active.query": config.active.query,
+        "active.rounds": config.active.rounds,
+        "active.subset": config.active.subset,
+        "model.width": config.model.width,
         "active.score_batch_size": config.active.score_batch_size,
         "train.eval_batch_size": config.train.eval_batch_size,
     }

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,9 +85,10 @@ def _data_root(config: DataConfig) -> Path:
     return root
 
 
-def _torchvision(factory: Callable[[], object], name: str) -> object:
+def _torchvision(factory: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    """Instantiate a torchvision dataset, turning its "not found" error into a one-line UserError."""
     try:
-        return factory()
+        return factory(*args, **kwargs)
     except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
         raise UserError(f"{name}: {error}".replace("\n", " ")) from error
 
@@ -111,10 +113,10 @@ def _cifar(config: DataConfig, name: str) -> Dataset:
     root = _data_root(config)
     splits = []
     for is_train in (True, False):
-        ds = _torchvision(lambda t=is_train: cls(str(root), train=t, download=config.download), name)
-        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # type: ignore[attr-defined]
-        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))  # type: ignore[attr-defined]
-    return _make(name, splits[0], splits[1], list(ds.classes), flip=True)  # type: ignore[attr-defined]
+        ds = _torchvision(cls, name, str(root), train=is_train, download=config.download)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # [N, 32, 32, 3] -> [N, 3, 32, 32]
+        splits.append(Split(images, torch.tensor(ds.targets, dtype=torch.long)))
+    return _make(name, splits[0], splits[1], list(ds.classes), flip=True)
 
 
 @register_dataset("cifar10")
@@ -135,9 +137,9 @@ def load_svhn(config: DataConfig) -> Dataset:
     root = _data_root(config)
     splits = []
     for split in ("train", "test"):
-        ds = _torchvision(lambda s=split: datasets.SVHN(str(root), split=s, download=config.download), "svhn")
-        images = torch.from_numpy(ds.data).contiguous()  # type: ignore[attr-defined]  # already [N, 3, 32, 32]
-        splits.append(Split(images, torch.from_numpy(ds.labels.astype(np.int64))))  # type: ignore[attr-defined]
+        ds = _torchvision(datasets.SVHN, "svhn", str(root), split=split, download=config.download)
+        images = torch.from_numpy(ds.data).contiguous()  # already [N, 3, 32, 32]
+        splits.append(Split(images, torch.from_numpy(ds.labels.astype(np.int64))))
     return _make("svhn", splits[0], splits[1], [str(d) for d in range(10)], flip=False)
 
 
@@ -147,13 +149,11 @@ def load_caltech101(config: DataConfig) -> Dataset:
     from torchvision import datasets
 
     root = _data_root(config)
-    ds = _torchvision(
-        lambda: datasets.Caltech101(str(root), target_type="category", download=config.download), "caltech101"
-    )
-    folder = Path(ds.root) / "101_ObjectCategories"  # type: ignore[attr-defined]
+    ds = _torchvision(datasets.Caltech101, "caltech101", str(root), target_type="category", download=config.download)
+    folder = Path(ds.root) / "101_ObjectCategories"
     size = config.image_size or 224
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    classes = list(ds.categories)  # type: ignore[attr-defined]
+    classes = list(ds.categories)
     decoded = decode_folder(folder, classes=classes, image_size=size, cache_dir=cache)
     train, test = _holdout(decoded.images, decoded.labels, config)
     return _make("caltech101", train, test, classes, flip=True)

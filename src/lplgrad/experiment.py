@@ -115,8 +115,16 @@ def run_strategy(
             model, loss_module = build_models(config, dataset, derive_seed(trial_seed, round_index, SEED_INIT), device)
             aux = loss_module if strategy.uses_loss_module else None
         start = time.perf_counter()
-        fit(model, dataset, pool.labeled_indices(), config.train, derive_seed(trial_seed, round_index, SEED_TRAIN),
-            loss_module=aux, progress=progress, description=f"{strategy.name} t{trial} r{round_index}")
+        fit(
+            model,
+            dataset,
+            pool.labeled_indices(),
+            config.train,
+            derive_seed(trial_seed, round_index, SEED_TRAIN),
+            loss_module=aux,
+            progress=progress,
+            description=f"{strategy.name} t{trial} r{round_index}",
+        )
         _sync(device)
         train_seconds = time.perf_counter() - start
         accuracy, per_class = evaluate(model, dataset, config.train.eval_batch_size)
@@ -128,9 +136,13 @@ def run_strategy(
             subset_gen = torch.Generator().manual_seed(derive_seed(trial_seed, round_index, SEED_SUBSET))
             candidates = unlabeled[torch.randperm(unlabeled.numel(), generator=subset_gen)[: config.active.subset]]
             ctx = QueryContext(
-                model=model, dataset=dataset, candidates=candidates, labeled=pool.labeled_indices(),
+                model=model,
+                dataset=dataset,
+                candidates=candidates,
+                labeled=pool.labeled_indices(),
                 generator=torch.Generator().manual_seed(derive_seed(trial_seed, round_index, SEED_QUERY)),
-                loss_module=aux, batch_size=config.active.score_batch_size,
+                loss_module=aux,
+                batch_size=config.active.score_batch_size,
             )
             selection = strategy.select(ctx, sizes[round_index + 1] - size)
             _sync(device)
@@ -139,18 +151,32 @@ def run_strategy(
             selected, scores, num_candidates = selection.indices, selection.scores, candidates.numel()
 
         row = {
-            "strategy": strategy.name, "trial": trial, "seed": trial_seed, "round": round_index,
-            "labeled": size, "test_accuracy": accuracy, "per_class_accuracy": per_class,
-            "train_seconds": round(train_seconds, 3), "query_seconds": round(query_seconds, 3),
-            "candidates": num_candidates, "selected": selected.tolist(),
+            "strategy": strategy.name,
+            "trial": trial,
+            "seed": trial_seed,
+            "round": round_index,
+            "labeled": size,
+            "test_accuracy": accuracy,
+            "per_class_accuracy": per_class,
+            "train_seconds": round(train_seconds, 3),
+            "query_seconds": round(query_seconds, 3),
+            "candidates": num_candidates,
+            "selected": selected.tolist(),
             "selected_scores": None if scores is None else scores.tolist(),
-            "reduction": getattr(strategy, "reduction", None), "device": str(device),
+            "reduction": getattr(strategy, "reduction", None),
+            "device": str(device),
         }
         if out_file is not None:
             append_row(out_file, row)
         log.info(
             "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs, query %.1fs",
-            strategy.name, trial, round_index, size, 100 * accuracy, train_seconds, query_seconds,
+            strategy.name,
+            trial,
+            round_index,
+            size,
+            100 * accuracy,
+            train_seconds,
+            query_seconds,
         )
         rows.append(row)
     return rows
@@ -185,7 +211,12 @@ def run_experiment(
         write_atomic(out_dir / "skipped_files.txt", "\n".join(dataset.skipped_files) + "\n")
     log.info(
         "%s: %d train / %d test images, %d classes; labeled sizes %s on %s",
-        dataset.name, pool_size, len(dataset.test), dataset.num_classes, sizes, device,
+        dataset.name,
+        pool_size,
+        len(dataset.test),
+        dataset.num_classes,
+        sizes,
+        device,
     )
     rows = []
     for trial in range(active.trials):

@@ -11,7 +11,6 @@ the second run starts in seconds and any change to the folder invalidates it.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import Counter
@@ -137,15 +136,16 @@ def decode_folder(
     with ThreadPoolExecutor(workers) as pool:
         arrays = list(pool.map(lambda p: _decode(p, size), paths))
     keep = [i for i, a in enumerate(arrays) if a is not None]
+    decoded = [a for a in arrays if a is not None]
     skipped = [str(paths[i]) for i, a in enumerate(arrays) if a is None]
     if skipped:
         log.warning("skipped %d unreadable image file(s) under %s", len(skipped), root)
     if not keep:
         raise UserError(f"none of the {len(paths)} image files under {root} could be decoded")
-    shapes = Counter(arrays[i].shape for i in keep)  # type: ignore[union-attr]
+    shapes = Counter(a.shape for a in decoded)
     if len(shapes) > 1:
         raise UserError(f"images under {root} differ in size {sorted(shapes)[:3]}; set data.image_size")
-    images = torch.from_numpy(np.stack([arrays[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
     label_tensor = torch.tensor([labels[i] for i in keep], dtype=torch.long)
     empty = [classes[c] for c in range(len(classes)) if not (label_tensor == c).any()]
     if empty:

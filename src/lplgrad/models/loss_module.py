@@ -29,9 +29,7 @@ class LossPredictionModule(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """features: list of [B, C_k, H_k, W_k] (or [B, C_k]) -> predicted loss [B]."""
         if len(features) != len(self.branches):
-            raise ValueError(
-                f"loss module built for {len(self.branches)} feature maps, got {len(features)}"
-            )
+            raise ValueError(f"loss module built for {len(self.branches)} feature maps, got {len(features)}")
         hidden = []
         for feature, branch in zip(features, self.branches, strict=True):
             pooled = feature.flatten(2).mean(2) if feature.dim() > 2 else feature

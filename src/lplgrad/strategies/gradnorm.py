@@ -21,10 +21,12 @@ class _GradNormStrategy(Strategy):
 
     def score(self, ctx: QueryContext) -> Tensor:
         images = ctx.dataset.train.images
-        return torch.cat([
-            per_sample_grad_norms(ctx.model, x, reduction=self.reduction, loss=self.loss)
-            for x in batches(images, ctx.candidates, ctx.dataset, ctx.batch_size)
-        ])
+        return torch.cat(
+            [
+                per_sample_grad_norms(ctx.model, x, reduction=self.reduction, loss=self.loss)
+                for x in batches(images, ctx.candidates, ctx.dataset, ctx.batch_size)
+            ]
+        )
 
 
 @register_strategy

@@ -34,5 +34,5 @@ def strategy_class(name: str) -> type[Strategy]:
 def create_strategy(name: str, **options: Any) -> Strategy:
     """Instantiate a strategy; options it does not take (e.g. ``reduction`` for random) are ignored."""
     cls = strategy_class(name)
-    accepted = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    accepted: set[str] = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     return cls(**{k: v for k, v in options.items() if k in accepted})

@@ -1,0 +1,7 @@
+"""``python -m lplgrad`` is the same as the ``lplgrad`` command."""
+
+import sys
+
+from lplgrad.cli import main
+
+sys.exit(main())

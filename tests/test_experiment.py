@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from lplgrad import config as cfg
+from lplgrad.errors import UserError
+from lplgrad.experiment import derive_seed, labeled_schedule, run_experiment
+from tests.conftest import make_dataset
+
+
+def test_schedule_by_rounds_and_by_budget() -> None:
+    assert labeled_schedule(10, 5, 3, 0, 100) == [10, 15, 20]
+    assert labeled_schedule(10, 5, 99, 20, 100) == [10, 15, 20]
+    assert labeled_schedule(10, 4, 99, 20, 100) == [10, 14, 18, 20]  # last query is smaller
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [((200, 5, 3, 0, 100), "initial set"), ((10, 5, 3, 101, 100), "budget"), ((10, 50, 3, 0, 100), "need 110")],
+)
+def test_schedule_larger_than_the_pool_is_refused(args: tuple, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        labeled_schedule(*args)
+
+
+def test_derived_seeds_are_stable_and_distinct() -> None:
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    assert len({derive_seed(0, t, r, p) for t in range(3) for r in range(3) for p in range(3)}) == 27
+    assert 0 <= derive_seed(2**40, 7) < 2**63
+
+
+def small_config(**extra: object) -> cfg.RunConfig:
+    values = {
+        "active.strategies": ["lplgrad", "random", "coreset"], "active.trials": 2, "active.initial": 8,
+        "active.query": 6, "active.rounds": 3, "active.subset": 30, "train.epochs": 2, "train.batch_size": 8,
+        "model.width": 4, "device": "cpu", **extra,
+    }
+    return cfg.resolve(values)
+
+
+def test_loop_bookkeeping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows = run_experiment(small_config(), tmp_path / "run", dataset=make_dataset())
+    assert len(rows) == 2 * 3 * 3
+    written = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert written == json.loads(json.dumps(rows))
+    assert (tmp_path / "run" / "config.toml").exists()
+
+    for trial in range(2):
+        for strategy in ["lplgrad", "random", "coreset"]:
+            own = [r for r in rows if r["trial"] == trial and r["strategy"] == strategy]
+            assert [r["labeled"] for r in own] == [8, 14, 20]
+            assert [len(r["selected"]) for r in own] == [6, 6, 0]
+            assert [r["candidates"] for r in own] == [30, 30, 0]
+            picked = [i for r in own for i in r["selected"]]
+            assert len(set(picked)) == len(picked) == 12
+            for row in own:
+                assert 0.0 <= row["test_accuracy"] <= 1.0 and len(row["per_class_accuracy"]) == 4
+                assert row["train_seconds"] > 0
+
+    # Paired comparison: round 0 of random and coreset train on the same initial set with the same init.
+    first = {(r["trial"], r["strategy"]): r for r in rows if r["round"] == 0}
+    for trial in range(2):
+        assert first[(trial, "random")]["test_accuracy"] == first[(trial, "coreset")]["test_accuracy"]
+    lplgrad_rows = [r for r in rows if r["strategy"] == "lplgrad"]
+    assert all(r["reduction"] == "layer_sum" for r in lplgrad_rows)
+
+
+def test_initial_sets_are_shared_across_strategies_and_differ_across_trials(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lplgrad import experiment
+
+    seen = []
+    original = experiment.run_strategy
+
+    def spy(config, dataset, strategy, trial, initial, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((trial, strategy.name, initial.clone()))
+        return original(config, dataset, strategy, trial, initial, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_strategy", spy)
+    run_experiment(small_config(**{"active.rounds": 1}), dataset=make_dataset())
+    by_trial: dict[int, list[torch.Tensor]] = {}
+    for trial, _, initial in seen:
+        by_trial.setdefault(trial, []).append(initial)
+    for initials in by_trial.values():
+        assert all(torch.equal(initials[0], other) for other in initials)
+    assert not torch.equal(by_trial[0][0], by_trial[1][0])
+
+
+def test_same_seed_same_results() -> None:
+    config = small_config(**{"active.trials": 1, "active.strategies": ["entropy"]})
+    a = run_experiment(config, dataset=make_dataset())
+    b = run_experiment(config, dataset=make_dataset())
+    strip = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in a]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in b]
+
+
+def test_cold_start_option_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows = run_experiment(small_config(**{"train.warm_start": False, "active.trials": 1}), dataset=make_dataset())
+    assert len(rows) == 9
+
+
+def test_refuses_to_mix_with_an_earlier_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = small_config(**{"active.trials": 1, "active.rounds": 1, "active.strategies": ["random"]})
+    run_experiment(config, tmp_path, dataset=make_dataset())
+    before = (tmp_path / "results.jsonl").read_text()
+    with pytest.raises(UserError, match="already holds results"):
+        run_experiment(config, tmp_path, dataset=make_dataset())
+    assert (tmp_path / "results.jsonl").read_text() == before
