@@ -124,14 +124,15 @@ def decode_folder(
     """Decode ``root/<class>/*`` into tensors, reading the cache when the folder is unchanged."""
     paths, labels, classes = scan(root, classes)
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    size = choose_size(paths, image_size, workers)
     cache_dir = cache_dir or default_cache_dir()
-    cache_file = cache_dir / f"folder-{_cache_key(paths, root, size)}.pt"
+    # Keyed by the requested size, so a cache hit needs no image header reads at all.
+    cache_file = cache_dir / f"folder-{_cache_key(paths, root, image_size)}.pt"
     if cache_file.exists():
         cached = torch.load(cache_file, weights_only=True)
         log.info("loaded %d decoded images of %s from cache %s", len(cached["labels"]), root, cache_file)
         return FolderImages(cached["images"], cached["labels"], classes, list(cached["skipped"]))
 
+    size = choose_size(paths, image_size, workers)
     log.info("decoding %d images under %s (once; cached afterwards)", len(paths), root)
     with ThreadPoolExecutor(workers) as pool:
         arrays = list(pool.map(lambda p: _decode(p, size), paths))
