@@ -20,8 +20,13 @@ def make_dataset(num_train: int = 64, num_test: int = 32, classes: int = 4, size
         return Split((base + noise).clamp(0, 255).to(torch.uint8), labels)
 
     return Dataset(
-        "synthetic", split(num_train), split(num_test), [f"c{i}" for i in range(classes)],
-        (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), Augment(crop_padding=1, flip=True),
+        "synthetic",
+        split(num_train),
+        split(num_test),
+        [f"c{i}" for i in range(classes)],
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        Augment(crop_padding=1, flip=True),
     )
 
 

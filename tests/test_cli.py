@@ -21,12 +21,31 @@ def test_lists(capsys) -> None:  # type: ignore[no-untyped-def]
 
 def test_run_end_to_end_on_digits(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "run"
-    code = main(["-q", "run", "--dataset", "digits", "--strategy", "lplgrad,entropy", "--trials", "1", *TINY,
-                 "--set", "train.lr=0.02", "--out", str(out)])
+    code = main(
+        [
+            "-q",
+            "run",
+            "--dataset",
+            "digits",
+            "--strategy",
+            "lplgrad,entropy",
+            "--trials",
+            "1",
+            *TINY,
+            "--set",
+            "train.lr=0.02",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["strategy"], r["labeled"]) for r in rows] == [("lplgrad", 20), ("lplgrad", 35), ("entropy", 20),
-                                                              ("entropy", 35)]
+    assert [(r["strategy"], r["labeled"]) for r in rows] == [
+        ("lplgrad", 20),
+        ("lplgrad", 35),
+        ("entropy", 20),
+        ("entropy", 35),
+    ]
     config_text = (out / "config.toml").read_text()
     assert "lr = 0.02" in config_text and 'reduction = "layer_sum"' in config_text
     assert "lplgrad" in capsys.readouterr().out
@@ -66,7 +85,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
 def test_console_entry_point_exit_code_and_no_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = subprocess.run(
         [sys.executable, "-m", "lplgrad", "run", "--strategy", "nope", "--out", str(tmp_path / "x")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown strategy 'nope'" in result.stderr

@@ -32,9 +32,17 @@ def test_derived_seeds_are_stable_and_distinct() -> None:
 
 def small_config(**extra: object) -> cfg.RunConfig:
     values = {
-        "active.strategies": ["lplgrad", "random", "coreset"], "active.trials": 2, "active.initial": 8,
-        "active.query": 6, "active.rounds": 3, "active.subset": 30, "train.epochs": 2, "train.batch_size": 8,
-        "model.width": 4, "device": "cpu", **extra,
+        "active.strategies": ["lplgrad", "random", "coreset"],
+        "active.trials": 2,
+        "active.initial": 8,
+        "active.query": 6,
+        "active.rounds": 3,
+        "active.subset": 30,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "model.width": 4,
+        "device": "cpu",
+        **extra,
     }
     return cfg.resolve(values)
 
