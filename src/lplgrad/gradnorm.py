@@ -1,75 +1,245 @@
-"""Per-sample gradient norms of an unsupervised loss, the querying score of LPLgrad.
+"""Per-sample gradient norms, the querying score of LPLgrad, computed exactly in batches.
 
-For a candidate x with softmax output p = softmax(w_main(x)), LPLgrad (Sec. III.C,
-following Wang et al. 2022) scores x by the norm of the gradient of its predictive
-entropy w.r.t. all parameters of w_main, with BatchNorm in eval mode and no update:
+For a candidate x with logits z = w_main(x) and p = softmax(z), LPLgrad (Sec. III.C,
+after Wang et al. 2022) scores x by the norm of the gradient of its predictive
+entropy w.r.t. all trainable parameters of w_main, BatchNorm in eval mode, no update:
 
-    s(x) = || d/dtheta H(p) ||,   H(p) = -sum_c p_c log p_c
+    loss="entropy":   s(x) = || d H(p) / d theta ||,   H(p) = -sum_c p_c log p_c
 
-``reduction="global"`` is the paper's eq. 8: the L2 (Frobenius) norm of the whole
-gradient. ``reduction="layer_sum"`` is what the paper's public code computes:
+``loss="expected"`` is the expected gradient length over the model's own posterior
+(Settles & Craven 2008; the meaningful reading of Wang et al.'s "expected-gradnorm"):
+
+    loss="expected":  s(x) = sum_c stopgrad(p_c) * || d CE(z, c) / d theta ||
+
+Why not the literal "norm of the gradient of sum_c p_c CE(z, c)": with p attached
+that loss *is* H(p) (the scheme would equal "entropy"), and with p detached its
+gradient is p - p = 0 for every input. The expectation of the norm is what differs.
+
+Norms: ``reduction="global"`` is the paper's eq. 8, the L2 (Frobenius) norm of the
+whole gradient; ``reduction="layer_sum"`` is what the paper's public code computes,
 the sum over parameter tensors of each tensor's L2 norm.
 
-``loss="expected"`` is Wang et al.'s scheme 0, the expected cross-entropy over the
-model's own posterior with the posterior held as constant weights:
-
-    L_exp(x) = sum_c stopgrad(p_c) * CE(w_main(x), c) = -sum_c stopgrad(p_c) log p_c
+How: one forward pass stores each parametrized layer's input and output; one
+backward pass from the logits (autograd.grad w.r.t. the layer outputs only, so no
+weight gradient of the batch is formed) gives every sample's output gradients,
+and ``layer_norms`` turns (input, output gradient) into per-sample squared norms.
+``per_sample_grad_norms_loop`` is the one-image-at-a-time reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
 
 from lplgrad.inference import eval_mode
+from lplgrad.layer_norms import SquaredNorms, fast_rule, generic_norms
 from lplgrad.models.output import split_output
+
+log = logging.getLogger(__name__)
 
 Reduction = Literal["layer_sum", "global"]
 ScoreLoss = Literal["entropy", "expected"]
 
 
-def score_loss(logits: Tensor, loss: ScoreLoss) -> Tensor:
-    """Per-sample unsupervised loss [B] whose gradient norm is the score."""
-    log_p = torch.log_softmax(logits, dim=1)
+def reduce_norms(squared_norms: Sequence[Tensor], reduction: Reduction) -> Tensor:
+    """Combine per-parameter-tensor squared norms (each [B]) into one score per sample [B]."""
+    if reduction not in ("layer_sum", "global"):
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'layer_sum' or 'global'")
+    if not squared_norms:
+        raise ValueError("no parameter receives a gradient")
+    stacked = torch.stack(list(squared_norms)).clamp(min=0)  # [P, B]
+    return stacked.sqrt().sum(0) if reduction == "layer_sum" else stacked.sum(0).sqrt()
+
+
+def logit_gradients(logits: Tensor, loss: ScoreLoss) -> list[tuple[Tensor, Tensor | None]]:
+    """(d loss_i / d z_i [B, C], weight [B] or None) pairs; the score is sum_k weight_k * norm_k.
+
+    entropy: one pair, the gradient of H. expected: one pair per class c,
+    d CE(z, c) / dz = p - onehot(c), weighted by p_c.
+    """
     if loss == "entropy":
-        return -(log_p.exp() * log_p).sum(dim=1)
+        with torch.enable_grad():
+            z = logits.detach().float().requires_grad_(True)
+            log_p = torch.log_softmax(z, dim=1)
+            entropy = -(log_p.exp() * log_p).sum()
+            (g,) = torch.autograd.grad(entropy, z)
+        return [(g, None)]
     if loss == "expected":
-        return -(log_p.detach().exp() * log_p).sum(dim=1)
+        p = torch.softmax(logits.detach().float(), dim=1)
+        eye = torch.eye(p.shape[1], device=p.device)
+        return [(p - eye[c], p[:, c]) for c in range(p.shape[1])]
     raise ValueError(f"unknown loss {loss!r}; choose 'entropy' or 'expected'")
 
 
-def reduce_norms(squared_norms: Sequence[Tensor], reduction: Reduction) -> Tensor:
-    """Combine per-parameter-tensor squared norms (each [B]) into one score per sample [B]."""
-    stacked = torch.stack(list(squared_norms))  # [P, B]
-    if reduction == "layer_sum":
-        return stacked.clamp(min=0).sqrt().sum(0)
-    if reduction == "global":
-        return stacked.sum(0).clamp(min=0).sqrt()
-    raise ValueError(f"unknown reduction {reduction!r}; choose 'layer_sum' or 'global'")
+def _weighted_sum(parts: list[tuple[Tensor, Tensor | None]]) -> Tensor:
+    return torch.stack([norms if weight is None else weight * norms for norms, weight in parts]).sum(0)
 
 
 def per_sample_grad_norms_loop(
-    model: nn.Module,
-    inputs: Tensor,
-    *,
-    reduction: Reduction = "layer_sum",
-    loss: ScoreLoss = "entropy",
+    model: nn.Module, inputs: Tensor, *, reduction: Reduction = "layer_sum", loss: ScoreLoss = "entropy"
 ) -> Tensor:
-    """Reference implementation: one forward and one backward pass per sample (the public code's way).
+    """Reference: one forward and one backward per sample (per class for "expected"), as the public code does.
 
-    Uses torch.autograd.grad so the model's ``.grad`` fields are never touched.
+    Uses torch.autograd.grad, so the model's ``.grad`` fields are never touched.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     scores = []
-    with eval_mode(model):
+    with eval_mode(model), torch.enable_grad():
         for x in inputs.split(1):
             logits, _ = split_output(model(x))
-            grads = torch.autograd.grad(score_loss(logits, loss).sum(), params, allow_unused=True)
-            scores.append(reduce_norms([g.pow(2).sum().reshape(1) for g in grads if g is not None], reduction))
+            parts = []
+            for g, weight in logit_gradients(logits, loss):
+                grads = torch.autograd.grad(
+                    logits, params, grad_outputs=g.to(logits.dtype), retain_graph=True, allow_unused=True
+                )
+                squared = [t.float().pow(2).sum().reshape(1) for t in grads if t is not None]
+                parts.append((reduce_norms(squared, reduction), weight))
+            scores.append(_weighted_sum(parts))
     return torch.cat(scores).detach()
+
+
+@dataclass
+class _Call:
+    """One captured module call: its arguments and its output (and the output's version, to spot in-place edits)."""
+
+    module: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Tensor
+    version: int
+
+
+@dataclass
+class _Capture:
+    """Forward hooks on every module that owns trainable parameters."""
+
+    modules: list[nn.Module]
+    calls: list[_Call] = field(default_factory=list)
+    active: bool = True
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if not self.active:
+            return
+        tensor = output[0] if isinstance(output, tuple | list) else output
+        if isinstance(tensor, Tensor) and tensor.requires_grad:
+            self.calls.append(_Call(module, args, kwargs, tensor, tensor._version))
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Capture]:
+        handles = [m.register_forward_hook(self.hook, with_kwargs=True) for m in self.modules]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _owners(model: nn.Module) -> list[nn.Module]:
+    """Modules that directly own at least one trainable parameter."""
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
+def batchable(model: nn.Module) -> bool:
+    """True when the hook engine is exact in eval mode: no parameter is shared between
+    modules and no BatchNorm normalizes with batch statistics (which couple the samples)."""
+    owned = Counter(id(p) for m in _owners(model) for p in m.parameters(recurse=False) if p.requires_grad)
+    if any(count > 1 for count in owned.values()):
+        return False
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules())
+
+
+def _layer_norms(call: _Call, output_grad: Tensor) -> SquaredNorms:
+    rule = fast_rule(call.module)
+    first = call.args[0] if call.args else None
+    if rule is not None and isinstance(first, Tensor) and not call.kwargs:
+        return rule(call.module, first.detach(), output_grad)
+    return generic_norms(call.module, call.args, call.kwargs, output_grad)
+
+
+def _hooked_norms(model: nn.Module, inputs: Tensor, reduction: Reduction, loss: ScoreLoss) -> Tensor:
+    """One forward for the chunk, one backward per logit gradient; per-layer norms from captured tensors."""
+    capture = _Capture(_owners(model))
+    with capture.installed():
+        logits, _ = split_output(model(inputs))
+        capture.active = False  # generic rules re-run modules; those calls are not part of the graph
+    calls = capture.calls
+    if len({id(c.module) for c in calls}) != len(calls) or any(c.output._version != c.version for c in calls):
+        # A module ran twice (its per-sample gradient is a sum over calls) or an in-place op edited a
+        # captured output (autograd would return the gradient of the edited tensor). The probe rules
+        # this out; data-dependent control flow could still do it, and a wrong score must never pass.
+        raise RuntimeError("module called twice or output edited in place during scoring")
+    parts = []
+    for g, weight in logit_gradients(logits, loss):
+        output_grads = torch.autograd.grad(
+            logits, [c.output for c in calls], grad_outputs=g.to(logits.dtype), retain_graph=True, allow_unused=True
+        )
+        squared: list[Tensor] = []
+        for call, output_grad in zip(calls, output_grads, strict=True):
+            if output_grad is not None:  # None: the loss does not reach this layer, as p.grad is None in the loop
+                squared.extend(_layer_norms(call, output_grad.detach()).values())
+        parts.append((reduce_norms(squared, reduction), weight))
+    return _weighted_sum(parts)
+
+
+def _vmap_norms(model: nn.Module, inputs: Tensor, reduction: Reduction, loss: ScoreLoss) -> Tensor:
+    """Exact per-sample gradients of the whole model with torch.func (materialized; for small chunks)."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def logits_of(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        logits, _ = split_output(functional_call(model, (params, buffers), (x.unsqueeze(0),)))
+        return logits.float()
+
+    def sample_loss(params: dict[str, Tensor], x: Tensor, g: Tensor) -> Tensor:
+        # <z(theta), g> has gradient J^T g: the parameter gradient for logit gradient g.
+        return (logits_of(params, x) * g.unsqueeze(0)).sum()
+
+    with torch.no_grad():
+        logits = vmap(logits_of, in_dims=(None, 0))(params, inputs).squeeze(1)
+    parts = []
+    for g, weight in logit_gradients(logits, loss):
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, inputs, g)
+        parts.append((reduce_norms([t.flatten(1).pow(2).sum(1) for t in grads.values()], reduction), weight))
+    return _weighted_sum(parts)
+
+
+def _memory_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 1 << 30  # 1 GiB on the CPU
+
+
+@dataclass(frozen=True)
+class _Probe:
+    hooks_exact: bool  # no module runs twice and no captured output is edited in place
+    bytes_per_sample: int  # activations kept for the backward + the largest per-layer work buffers
+
+
+def _probe(model: nn.Module, example: Tensor) -> _Probe:
+    """One-sample forward pass that decides the engine and sizes the chunks."""
+    capture = _Capture(_owners(model))
+    with capture.installed():
+        model(example[:1])
+    calls = capture.calls
+    exact = len({id(c.module) for c in calls}) == len(calls) and all(c.output._version == c.version for c in calls)
+    kept, work = example[0].numel(), 0
+    for call in calls:
+        first = call.args[0] if call.args and isinstance(call.args[0], Tensor) else call.output
+        kept += 2 * (first.numel() + call.output.numel())  # input, output, and autograd's saved copies
+        if isinstance(call.module, nn.Conv2d):
+            positions = call.output[0, 0].numel()
+            d, p = call.module.weight[0].numel(), call.module.weight.shape[0]
+            work = max(work, d * positions + min(2 * positions * positions, d * p))  # unfold + Gram | grad
+    return _Probe(exact and batchable(model), 4 * (kept + 2 * work))
 
 
 def per_sample_grad_norms(
@@ -78,6 +248,32 @@ def per_sample_grad_norms(
     *,
     reduction: Reduction = "layer_sum",
     loss: ScoreLoss = "entropy",
+    chunk_size: int | None = None,
+    mixed_precision: bool = False,
 ) -> Tensor:
-    """Score [B]: norm of d loss(x_i) / d theta for each input x_i of ``inputs`` [B, ...]."""
-    return per_sample_grad_norms_loop(model, inputs, reduction=reduction, loss=loss)
+    """Score [B]: gradient norm of ``loss`` at each x_i of ``inputs`` w.r.t. all trainable parameters.
+
+    ``model``: any nn.Module whose forward returns logits [B, C] or a tuple whose first item
+    is the logits. It is put in eval mode for the call and returned to its mode; its weights,
+    buffers and ``.grad`` fields are left as they were. Exact: equal to
+    ``per_sample_grad_norms_loop`` up to float rounding. ``chunk_size`` (default: from a
+    memory budget) bounds the samples processed at once. ``mixed_precision`` runs the
+    forward/backward under bfloat16 autocast (channels_last on CUDA) with norms
+    accumulated in float32: faster on GPUs, approximate.
+    """
+    if inputs.shape[0] == 0:
+        return torch.zeros(0, device=inputs.device)
+    autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if mixed_precision:
+        autocast = torch.autocast(inputs.device.type, dtype=torch.bfloat16)
+        if inputs.device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with eval_mode(model), torch.enable_grad(), autocast:
+        probe = _probe(model, inputs)
+        if probe.hooks_exact:
+            engine, default_chunk = _hooked_norms, _memory_budget(inputs.device) // probe.bytes_per_sample
+        else:
+            log.info("model shares parameters, calls a module twice or edits a layer output in place: using torch.func")
+            engine, default_chunk = _vmap_norms, 8
+        scores = [engine(model, chunk, reduction, loss) for chunk in inputs.split(chunk_size or max(1, default_chunk))]
+    return torch.cat(scores).detach()

@@ -68,13 +68,13 @@ class ResNet18(nn.Module):
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
                 nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),
             )
         elif stem == "imagenet":
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
                 nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
+                nn.ReLU(),
                 nn.MaxPool2d(3, 2, 1),
             )
         else:
