@@ -123,11 +123,8 @@ class _Capture:
 
     modules: list[nn.Module]
     calls: list[_Call] = field(default_factory=list)
-    active: bool = True
 
     def hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-        if not self.active:
-            return
         tensor = output[0] if isinstance(output, tuple | list) else output
         if isinstance(tensor, Tensor) and tensor.requires_grad:
             self.calls.append(_Call(module, args, kwargs, tensor, tensor._version))
@@ -164,13 +161,32 @@ def _layer_norms(call: _Call, output_grad: Tensor) -> SquaredNorms:
     return generic_norms(call.module, call.args, call.kwargs, output_grad)
 
 
+@contextlib.contextmanager
+def _weights_frozen(model: nn.Module) -> Iterator[None]:
+    """Build the graph with parameters not requiring grad, so its backward forms no weight gradient
+    (autograd.grad w.r.t. layer outputs alone still runs the weight-gradient kernels)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _forward_captured(model: nn.Module, inputs: Tensor, frozen: bool) -> tuple[Tensor, list[_Call]]:
+    """Forward with hooks; with ``frozen``, gradients flow from the input instead of the weights."""
+    capture = _Capture(_owners(model))
+    freeze = _weights_frozen(model) if frozen else contextlib.nullcontext()
+    with freeze, capture.installed():
+        logits, _ = split_output(model(inputs.detach().requires_grad_(frozen)))
+    return logits, capture.calls
+
+
 def _hooked_norms(model: nn.Module, inputs: Tensor, reduction: Reduction, loss: ScoreLoss) -> Tensor:
     """One forward for the chunk, one backward per logit gradient; per-layer norms from captured tensors."""
-    capture = _Capture(_owners(model))
-    with capture.installed():
-        logits, _ = split_output(model(inputs))
-        capture.active = False  # generic rules re-run modules; those calls are not part of the graph
-    calls = capture.calls
+    logits, calls = _forward_captured(model, inputs, frozen=True)
     if len({id(c.module) for c in calls}) != len(calls) or any(c.output._version != c.version for c in calls):
         # A module ran twice (its per-sample gradient is a sum over calls) or an in-place op edited a
         # captured output (autograd would return the gradient of the edited tensor). The probe rules
@@ -225,12 +241,15 @@ class _Probe:
 
 
 def _probe(model: nn.Module, example: Tensor) -> _Probe:
-    """One-sample forward pass that decides the engine and sizes the chunks."""
-    capture = _Capture(_owners(model))
-    with capture.installed():
-        model(example[:1])
-    calls = capture.calls
-    exact = len({id(c.module) for c in calls}) == len(calls) and all(c.output._version == c.version for c in calls)
+    """One-sample forward passes that decide the engine and size the chunks."""
+    _, calls = _forward_captured(model, example[:1], frozen=True)
+    _, unfrozen_calls = _forward_captured(model, example[:1], frozen=False)
+    exact = (
+        len({id(c.module) for c in calls}) == len(calls)
+        and all(c.output._version == c.version for c in calls)
+        # A layer whose output does not depend on the input would be invisible with frozen weights.
+        and [id(c.module) for c in calls] == [id(c.module) for c in unfrozen_calls]
+    )
     kept, work = example[0].numel(), 0
     for call in calls:
         first = call.args[0] if call.args and isinstance(call.args[0], Tensor) else call.output

@@ -9,9 +9,11 @@ computed without materializing it:
 - Linear, y = W a + b:   ||dW_i||^2 = ||g_i||^2 ||a_i||^2,   ||db_i||^2 = ||g_i||^2
   (with extra sequence dims, the Gram form below over positions t);
 - Conv2d with A_i = unfold(a_i) [D, T] and G_i = g_i [p, T]: dW_i = G_i A_i^T, so either
-  materialize it (cost ~ T D p) or use the "ghost norm" (Goodfellow 2015; Li et al. 2022)
+  materialize it (cost ~ T D p; done as one grouped weight-gradient convolution) or use
+  the "ghost norm" (Goodfellow 2015; Li et al. 2022)
   ||G_i A_i^T||_F^2 = sum_{t,t'} (A_i^T A_i)_{tt'} (G_i^T G_i)_{tt'} (cost ~ T^2 (D + p)),
-  whichever is cheaper for the layer; ||db_i||^2 = ||sum_t G_i[:, t]||^2;
+  whichever is cheaper for the layer: for the CIFAR ResNet-18 that is materializing in
+  the stem and stages 1-2 and the ghost norm in stages 3-4; ||db_i||^2 = ||sum_t G_i[:, t]||^2;
 - BatchNorm (eval): dgamma_i = sum_positions g_i * x_hat_i, dbeta_i = sum_positions g_i,
   with x_hat from the running statistics;
 - any other module with parameters: an exact per-sample vector-Jacobian product with
@@ -34,18 +36,25 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 SquaredNorms = dict[str, Tensor]
 
+# Samples per grouped weight-gradient convolution. On the 2-core CPU (oneDNN), groups of 8
+# ran the ResNet-18 stage 1-2 convolutions 1.5-2x faster than one group per whole chunk.
+GROUPED_SAMPLES = 8
+
 
 def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in module.named_parameters(recurse=False) if p.requires_grad}
+
+
+def _ghost(a: Tensor, g: Tensor) -> Tensor:
+    """||sum_t g_t a_t^T||_F^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t') per sample; a [B, T, D], g [B, T, p]."""
+    return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2))
 
 
 def _gram_or_materialize(a: Tensor, g: Tensor) -> Tensor:
     """||sum_t g_t a_t^T||_F^2 per sample for a [B, T, D], g [B, T, p], by the cheaper route."""
     positions, d, p = a.shape[1], a.shape[2], g.shape[2]
     if positions * positions * (d + p) < positions * d * p:
-        gram_a = torch.bmm(a, a.transpose(1, 2))  # [B, T, T]
-        gram_g = torch.bmm(g, g.transpose(1, 2))
-        return (gram_a * gram_g).sum(dim=(1, 2))
+        return _ghost(a, g)
     per_sample = torch.bmm(g.transpose(1, 2), a)  # [B, p, D] per-sample weight gradients
     return per_sample.pow(2).sum(dim=(1, 2))
 
@@ -69,17 +78,56 @@ def conv2d_supported(module: nn.Conv2d) -> bool:
     return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
 
 
+def conv2d_per_sample_grads(module: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
+    """Per-sample weight gradients [B, p, C, kh, kw] in one grouped weight-gradient convolution.
+
+    Stacking the batch along channels ([1, B*C, H, W]) with groups=B makes group b's
+    weight gradient exactly sample b's: the same FLOPs as the batch's weight gradient,
+    through the same optimized kernel, without the unfold copy.
+    """
+    batch, channels = a.shape[:2]
+    out_channels = g.shape[1]
+    kernel = module.weight.shape[2:]
+    shape_only = a.new_empty((batch * out_channels, channels, *kernel))  # read for its shape, never its values
+    assert not isinstance(module.padding, str)  # conv2d_supported() routes "same"/"valid" to the fallback
+    _, weight_grad, _ = torch.ops.aten.convolution_backward(
+        g.reshape(1, batch * out_channels, *g.shape[2:]),
+        a.reshape(1, batch * channels, *a.shape[2:]),
+        shape_only,
+        None,
+        list(module.stride),
+        list(module.padding),
+        list(module.dilation),
+        False,
+        [0, 0],
+        batch,
+        [False, True, False],
+    )
+    return weight_grad.view(batch, out_channels, channels, *kernel)
+
+
 def conv2d_norms(module: nn.Conv2d, a: Tensor, g: Tensor) -> SquaredNorms:
     params = _trainable(module)
+    a, g = a.float().contiguous(), g.float().contiguous()
     out: SquaredNorms = {}
-    grads = g.float().flatten(2)  # [B, p, T]
     if "weight" in params:
-        unfolded = F.unfold(
-            a.float(), module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
-        )  # [B, D, T]
-        out["weight"] = _gram_or_materialize(unfolded.transpose(1, 2), grads.transpose(1, 2))
+        positions = g[0, 0].numel()  # T output positions
+        d, p = module.weight[0].numel(), module.weight.shape[0]  # D = C * kh * kw, p = out channels
+        if positions * positions * (d + p) < positions * d * p:
+            assert not isinstance(module.padding, str)
+            unfolded = F.unfold(
+                a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+            )  # [B, D, T]
+            out["weight"] = _ghost(unfolded.transpose(1, 2), g.flatten(2).transpose(1, 2))
+        else:
+            out["weight"] = torch.cat(
+                [
+                    conv2d_per_sample_grads(module, a_part, g_part).flatten(1).pow(2).sum(1)
+                    for a_part, g_part in zip(a.split(GROUPED_SAMPLES), g.split(GROUPED_SAMPLES), strict=True)
+                ]
+            )
     if "bias" in params:
-        out["bias"] = grads.sum(2).pow(2).sum(1)
+        out["bias"] = g.flatten(2).sum(2).pow(2).sum(1)
     return out
 
 
@@ -93,13 +141,16 @@ def batchnorm_norms(module: _BatchNorm, a: Tensor, g: Tensor) -> SquaredNorms:
     batch, channels = a.shape[0], a.shape[1]
     a, g = a.float().reshape(batch, channels, -1), g.float().reshape(batch, channels, -1)
     assert module.running_mean is not None and module.running_var is not None
-    mean = module.running_mean.float().view(1, -1, 1)
-    inv_std = torch.rsqrt(module.running_var.float().view(1, -1, 1) + module.eps)
+    mean = module.running_mean.float()
+    inv_std = torch.rsqrt(module.running_var.float() + module.eps)
+    grad_sum = g.sum(2)  # [B, C] = dbeta_i
     out: SquaredNorms = {}
     if "weight" in params:
-        out["weight"] = (g * (a - mean) * inv_std).sum(2).pow(2).sum(1)
+        # dgamma_i = sum_n g (a - mean) inv_std = inv_std (sum_n g a - mean sum_n g): one fused reduction.
+        grad_dot_input = torch.einsum("bcn,bcn->bc", g, a)
+        out["weight"] = ((grad_dot_input - mean * grad_sum) * inv_std).pow(2).sum(1)
     if "bias" in params:
-        out["bias"] = g.sum(2).pow(2).sum(1)
+        out["bias"] = grad_sum.pow(2).sum(1)
     return out
 
 
