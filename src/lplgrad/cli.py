@@ -99,17 +99,12 @@ def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
 
 
 def demo_config() -> cfg.RunConfig:
-    """A minute on a 2-core CPU: 3 strategies x 2 trials x 5 rounds on digits."""
+    """About a minute on a 2-core CPU: 3 strategies x 2 trials x 5 rounds with the digits defaults."""
     return cfg.resolve(
         {
             "data.name": "digits",
             "active.strategies": ["lplgrad", "entropy", "random"],
             "active.trials": 2,
-            "active.initial": 40,
-            "active.query": 40,
-            "active.rounds": 5,
-            "train.epochs": 25,
-            "model.width": 8,
             "device": "cpu",
         }
     )

@@ -224,6 +224,6 @@ def run_experiment(
         initial_gen = torch.Generator().manual_seed(derive_seed(trial_seed, 0, SEED_INITIAL_SET))
         initial = torch.randperm(pool_size, generator=initial_gen)[: active.initial]
         for name in active.strategies:
-            strategy = create_strategy(name, reduction=active.reduction)
+            strategy = create_strategy(name, reduction=active.reduction, mixed_precision=active.mixed_precision)
             rows += run_strategy(config, dataset, strategy, trial, initial, sizes, device, results_file, progress)
     return rows

@@ -17,13 +17,16 @@ from lplgrad.strategies.registry import register_strategy
 @dataclass(frozen=True)
 class _GradNormStrategy(Strategy):
     reduction: Reduction = "layer_sum"
+    mixed_precision: bool = False  # bf16 autocast: faster on GPUs, approximate scores
     loss: ClassVar[ScoreLoss] = "entropy"
 
     def score(self, ctx: QueryContext) -> Tensor:
         images = ctx.dataset.train.images
         return torch.cat(
             [
-                per_sample_grad_norms(ctx.model, x, reduction=self.reduction, loss=self.loss)
+                per_sample_grad_norms(
+                    ctx.model, x, reduction=self.reduction, loss=self.loss, mixed_precision=self.mixed_precision
+                )
                 for x in batches(images, ctx.candidates, ctx.dataset, ctx.batch_size)
             ]
         )
