@@ -114,3 +114,28 @@ def test_refuses_to_mix_with_an_earlier_run(tmp_path) -> None:  # type: ignore[n
     with pytest.raises(UserError, match="already holds results"):
         run_experiment(config, tmp_path, dataset=make_dataset())
     assert (tmp_path / "results.jsonl").read_text() == before
+
+
+def test_slices_of_one_run_share_a_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = {"active.trials": 1, "active.rounds": 2}
+    run_experiment(small_config(**base, **{"active.strategies": ["random"]}), tmp_path, dataset=make_dataset())
+    run_experiment(small_config(**base, **{"active.strategies": ["entropy"]}), tmp_path, dataset=make_dataset())
+    second_trial = small_config(**base, **{"active.strategies": ["random"], "active.trial_offset": 1})
+    run_experiment(second_trial, tmp_path, dataset=make_dataset())
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted({(r["strategy"], r["trial"]) for r in rows}) == [("entropy", 0), ("random", 0), ("random", 1)]
+
+    whole = run_experiment(
+        small_config(**{"active.trials": 2, "active.rounds": 2, "active.strategies": ["random"]}),
+        dataset=make_dataset(),
+    )
+    assert [r["selected"] for r in whole if r["trial"] == 1] == [r["selected"] for r in rows if r["trial"] == 1]
+
+    with pytest.raises(UserError, match="already holds results for random trial 0"):
+        run_experiment(small_config(**base, **{"active.strategies": ["random"]}), tmp_path, dataset=make_dataset())
+    with pytest.raises(UserError, match=r"different configuration \(train.epochs\)"):
+        run_experiment(
+            small_config(**base, **{"train.epochs": 3, "active.strategies": ["margin"]}),
+            tmp_path,
+            dataset=make_dataset(),
+        )

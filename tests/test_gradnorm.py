@@ -244,3 +244,17 @@ def test_resnet_uses_only_closed_form_rules_and_unusual_layers_the_fallback(monk
     _, unusual, inputs = CASES[3]
     per_sample_grad_norms(unusual, inputs)
     assert sorted(fallback_modules) == ["Conv2d", "GroupNorm", "Scale"]  # grouped conv has no closed form here
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("reduction", ["layer_sum", "global"])
+def test_exact_on_cuda_with_tf32_off(reduction: str) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    model = perturb_batchnorm(ResNet18(10, width=16)).cuda()
+    inputs = torch.randn(16, 3, 32, 32, device="cuda")
+    got = per_sample_grad_norms(model, inputs, reduction=reduction)  # type: ignore[arg-type]
+    want = per_sample_grad_norms_loop(model, inputs, reduction=reduction)  # type: ignore[arg-type]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0.0)

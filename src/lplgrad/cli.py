@@ -33,6 +33,7 @@ FLAG_KEYS = {
     "device": "device",
     "data_root": "data.root",
     "download": "data.download",
+    "trial_offset": "active.trial_offset",
 }
 
 
@@ -44,7 +45,9 @@ def _run_parser(sub: Any) -> None:
     )
     run.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default digits)")
     run.add_argument("--strategy", help="comma-separated strategy names (see `lplgrad strategies`)")
+    run.add_argument("--preset", help="a shipped preset (see `lplgrad presets`); other options override it")
     run.add_argument("--trials", type=int, help="number of trials; trial t uses seed + t")
+    run.add_argument("--trial-offset", type=int, help="first trial to run (to split trials across machines)")
     run.add_argument("--initial", type=int, help="size of the random initial labeled set (B)")
     run.add_argument("--query", type=int, help="images labeled per round")
     stop = run.add_mutually_exclusive_group()
@@ -79,13 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="quick start: lplgrad vs entropy vs random on the bundled digits")
     demo.add_argument("--out", type=Path, help="also write config.toml and results.jsonl here")
     sub.add_parser("strategies", help="list the registered query strategies")
+    sub.add_parser("presets", help="list the shipped experiment presets (the paper's Table II and more)")
     sub.add_parser("datasets", help="list the dataset names")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
-    """File <- flags <- --set, then resolved over the defaults."""
-    values: dict[str, Any] = cfg.read_toml(args.config) if args.config else {}
+    """Preset <- file <- flags <- --set, then resolved over the defaults."""
+    values: dict[str, Any] = cfg.read_preset(args.preset) if args.preset else {}
+    if args.config:
+        values.update(cfg.read_toml(args.config))
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "strategies":
             print("\n".join(list_strategies()))
+        elif args.command == "presets":
+            print("\n".join(cfg.list_presets()))
         elif args.command == "datasets":
             print("\n".join(list_datasets()))
         elif args.command == "demo":

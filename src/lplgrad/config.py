@@ -61,6 +61,7 @@ class ActiveConfig:
     query: int = 1000  # images labeled per round
     rounds: int = 10  # training rounds (rounds - 1 queries); ignored when budget > 0
     budget: int = 0  # A: final labeled-set size; > 0 overrides rounds
+    trial_offset: int = 0  # run trials trial_offset .. trial_offset + trials - 1 (split work across machines)
     subset: int = 10000  # R: random unlabeled candidates scored per round (Beluch et al. 2018)
     reduction: str = "layer_sum"  # gradient-norm aggregation: layer_sum (public code) | global (eq. 8)
     mixed_precision: bool = False  # bf16 autocast for gradient-norm scoring (GPU speed; scores approximate)
@@ -102,6 +103,27 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "active.rounds": 5,
     },
 }
+
+
+PRESET_DIR = Path(__file__).parent / "presets"
+# Keys that select a slice of a run; slices of one run may differ only in these.
+SLICE_KEYS = ("active.strategies", "active.trials", "active.trial_offset")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """A shipped preset (``lplgrad presets`` lists them) as dotted keys."""
+    if name not in list_presets():
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
+    return read_toml(PRESET_DIR / f"{name}.toml")
+
+
+def without_slice(config: RunConfig) -> dict[str, Any]:
+    """The configuration as dotted keys, minus the keys that only select a slice of the run."""
+    return {k: v for k, v in flatten(to_dict(config)).items() if k not in SLICE_KEYS}
 
 
 def dataset_family(name: str) -> str:
@@ -257,6 +279,8 @@ def validate(config: RunConfig) -> None:
             raise UserError(f"{key} must be >= 1, got {value}")
     if config.train.lr <= 0:
         raise UserError(f"train.lr must be > 0, got {config.train.lr}")
+    if config.active.trial_offset < 0:
+        raise UserError(f"active.trial_offset must be >= 0, got {config.active.trial_offset}")
     if config.active.budget < 0:
         raise UserError(f"active.budget must be >= 0, got {config.active.budget}")
     if 0 < config.active.budget < config.active.initial:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lplgrad.config import RunConfig, to_toml
+from lplgrad.config import RunConfig, read_toml, resolve, to_toml, without_slice
 from lplgrad.data import Dataset
 from lplgrad.datasets import load_dataset
 from lplgrad.errors import UserError
 from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, write_atomic
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows, write_atomic
 from lplgrad.strategies import QueryContext, Strategy, create_strategy, strategy_class
 from lplgrad.train import fit
 
@@ -102,8 +103,9 @@ def run_strategy(
     device: torch.device,
     out_file: Path | None,
     progress: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """All rounds of one strategy in one trial; each row is appended to ``out_file`` when it exists."""
+    """All rounds of one strategy in one trial; each row is appended to ``out_file`` as it finishes."""
     trial_seed = config.seed + trial
     pool = Pool(len(dataset.train))
     pool.label(initial, 0)
@@ -162,34 +164,77 @@ def run_strategy(
             "query_seconds": round(query_seconds, 3),
             "candidates": num_candidates,
             "selected": selected.tolist(),
+            "selected_labels": dataset.train.labels[selected.to(dataset.train.labels.device)].tolist(),
             "selected_scores": None if scores is None else scores.tolist(),
             "reduction": getattr(strategy, "reduction", None),
             "device": str(device),
         }
         if out_file is not None:
             append_row(out_file, row)
-        log.info(
-            "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs, query %.1fs",
-            strategy.name,
-            trial,
-            round_index,
-            size,
-            100 * accuracy,
-            train_seconds,
-            query_seconds,
-        )
+        if on_row is not None:
+            on_row(row)
         rows.append(row)
     return rows
 
 
-def prepare_out_dir(out_dir: Path, config: RunConfig) -> Path:
-    """Create ``out_dir``, refuse to mix with an earlier run's results, write config.toml."""
+def prepare_out_dir(out_dir: Path, config: RunConfig, pairs: list[tuple[str, int]]) -> Path:
+    """Create ``out_dir`` and write config.toml; or join a run already there as another slice.
+
+    A second slice (other strategies or trials of the same run, e.g. from another machine) may
+    write into the same folder when everything but the slice keys matches and none of its
+    (strategy, trial) pairs has results yet. Anything else is refused: nothing is overwritten.
+    """
     results = out_dir / RESULTS_FILE
     if results.exists() and results.stat().st_size > 0:
-        raise UserError(f"{out_dir} already holds results; choose a new --out")
+        config_file = out_dir / CONFIG_FILE
+        if not config_file.exists():
+            raise UserError(f"{out_dir} holds results but no {CONFIG_FILE}; choose a new --out")
+        earlier = without_slice(resolve(read_toml(config_file)))
+        differing = sorted(k for k, v in without_slice(config).items() if earlier.get(k) != v)
+        if differing:
+            raise UserError(
+                f"{out_dir} holds a run with a different configuration ({', '.join(differing)}); choose a new --out"
+            )
+        done = {(row["strategy"], row["trial"]) for row in read_rows(results)}
+        overlap = sorted(set(pairs) & done)
+        if overlap:
+            names = ", ".join(f"{s} trial {t}" for s, t in overlap[:4])
+            raise UserError(f"{out_dir} already holds results for {names}; choose other --strategy/--trial-offset")
+        return results
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / CONFIG_FILE, to_toml(config))
     return results
+
+
+class RoundLogger:
+    """One line per finished round, with an ETA from the mean time per round so far."""
+
+    def __init__(self, total_rounds: int) -> None:
+        self.total, self.done, self.start = total_rounds, 0, time.perf_counter()
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        remaining = elapsed / self.done * (self.total - self.done)
+        log.info(
+            "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs, query %.1fs [%d/%d, ETA %s]",
+            row["strategy"],
+            row["trial"],
+            row["round"],
+            row["labeled"],
+            100 * row["test_accuracy"],
+            row["train_seconds"],
+            row["query_seconds"],
+            self.done,
+            self.total,
+            _duration(remaining),
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def run_experiment(
@@ -206,7 +251,9 @@ def run_experiment(
     pool_size = len(dataset.train)
     active = config.active
     sizes = labeled_schedule(active.initial, active.query, active.rounds, active.budget, pool_size)
-    results_file = prepare_out_dir(out_dir, config) if out_dir is not None else None
+    trials = range(active.trial_offset, active.trial_offset + active.trials)
+    pairs = [(name, trial) for trial in trials for name in active.strategies]
+    results_file = prepare_out_dir(out_dir, config, pairs) if out_dir is not None else None
     if out_dir is not None and dataset.skipped_files:
         write_atomic(out_dir / "skipped_files.txt", "\n".join(dataset.skipped_files) + "\n")
     log.info(
@@ -218,12 +265,15 @@ def run_experiment(
         sizes,
         device,
     )
+    logger = RoundLogger(len(pairs) * len(sizes))
     rows = []
-    for trial in range(active.trials):
+    for trial in trials:
         trial_seed = config.seed + trial
         initial_gen = torch.Generator().manual_seed(derive_seed(trial_seed, 0, SEED_INITIAL_SET))
         initial = torch.randperm(pool_size, generator=initial_gen)[: active.initial]
         for name in active.strategies:
             strategy = create_strategy(name, reduction=active.reduction, mixed_precision=active.mixed_precision)
-            rows += run_strategy(config, dataset, strategy, trial, initial, sizes, device, results_file, progress)
+            rows += run_strategy(
+                config, dataset, strategy, trial, initial, sizes, device, results_file, progress, on_row=logger
+            )
     return rows

@@ -1,0 +1,80 @@
+import pytest
+
+from lplgrad import config as cfg
+from lplgrad.cli import main
+from lplgrad.errors import UserError
+
+PAPER_METHODS = ["lplgrad", "learning-loss", "entropy", "ent-gradnorm", "coreset", "random"]
+
+
+@pytest.mark.parametrize("name", cfg.list_presets())
+def test_every_preset_parses_and_resolves(name: str) -> None:
+    config = cfg.resolve(cfg.read_preset(name))
+    assert config.active.strategies == PAPER_METHODS
+    assert config.active.budget > config.active.initial
+    if name != "cifar10-cpu":  # the paper queries B images per round (Table II)
+        assert config.active.initial == config.active.query
+    assert config.active.trials == (3 if name == "cifar10-cpu" else 5)
+
+
+def test_table_ii_values() -> None:
+    expected = {
+        "cifar10-high": (1000, 25000, 10000),
+        "cifar10-low": (500, 5000, 5000),
+        "cifar100-high": (2500, 25000, 20000),
+        "cifar100-low": (1000, 15000, 8000),
+        "svhn-high": (1000, 25000, 10000),
+        "svhn-low": (500, 10000, 5000),
+        "caltech101-high": (500, 2000, 3500),
+        "caltech101-low": (200, 1000, 1400),
+        "cdd-high": (500, 1000, 2500),
+        "cdd-low": (200, 1000, 1000),
+    }
+    for name, (initial, subset, budget) in expected.items():
+        active = cfg.resolve(cfg.read_preset(name)).active
+        assert (active.initial, active.subset, active.budget) == (initial, subset, budget), name
+    svhn = cfg.resolve(cfg.read_preset("svhn-high")).train
+    assert (svhn.lr, svhn.epochs, svhn.milestones) == (0.01, 200, [0.2])
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(UserError, match="unknown preset 'cifar11'; choose one of: caltech101-high"):
+        cfg.read_preset("cifar11")
+
+
+def test_presets_command(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["presets"]) == 0
+    assert "cifar10-high" in capsys.readouterr().out.split()
+
+
+def test_flags_override_a_preset(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "run"
+    args = [
+        "-q",
+        "run",
+        "--preset",
+        "cifar10-low",
+        "--dataset",
+        "digits",
+        "--strategy",
+        "random",
+        "--trials",
+        "1",
+        "--initial",
+        "20",
+        "--query",
+        "10",
+        "--budget",
+        "30",
+        "--subset",
+        "100",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    config = cfg.resolve(cfg.read_toml(out / "config.toml"))
+    assert config.data.name == "digits" and config.active.budget == 30 and config.train.lr == 0.05
