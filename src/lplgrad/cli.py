@@ -13,6 +13,7 @@ from lplgrad import config as cfg
 from lplgrad.datasets import check_dataset_name, list_datasets
 from lplgrad.errors import UserError
 from lplgrad.experiment import run_experiment
+from lplgrad.report import write_report
 from lplgrad.strategies import list_strategies, strategy_class
 from lplgrad.summary import accuracy_table
 from lplgrad.train import TrainingDiverged
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     demo = sub.add_parser("demo", help="quick start: lplgrad vs entropy vs random on the bundled digits")
     demo.add_argument("--out", type=Path, help="also write config.toml and results.jsonl here")
+    report = sub.add_parser(
+        "report",
+        help="tables and figures of one or more results folders",
+        description="Write report.md and PNG figures from DIR/results.jsonl (merging slices).",
+    )
+    report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="results folders of one run")
+    report.add_argument("--out", type=Path, help="where report.md and figures go (default: the first DIR)")
     sub.add_parser("strategies", help="list the registered query strategies")
     sub.add_parser("presets", help="list the shipped experiment presets (the paper's Table II and more)")
     sub.add_parser("datasets", help="list the dataset names")
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "strategies":
             print("\n".join(list_strategies()))
+        elif args.command == "report":
+            print(f"report: {write_report(args.dirs, args.out)}")
         elif args.command == "presets":
             print("\n".join(cfg.list_presets()))
         elif args.command == "datasets":

@@ -8,6 +8,7 @@ the unlabeled pool, label the top-k (the oracle is the dataset's labels).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -254,6 +255,9 @@ def run_experiment(
     trials = range(active.trial_offset, active.trial_offset + active.trials)
     pairs = [(name, trial) for trial in trials for name in active.strategies]
     results_file = prepare_out_dir(out_dir, config, pairs) if out_dir is not None else None
+    if out_dir is not None:
+        info = {"name": dataset.name, "classes": dataset.classes, "train": pool_size, "test": len(dataset.test)}
+        write_atomic(out_dir / "dataset.json", json.dumps(info, indent=1) + "\n")
     if out_dir is not None and dataset.skipped_files:
         write_atomic(out_dir / "skipped_files.txt", "\n".join(dataset.skipped_files) + "\n")
     log.info(
