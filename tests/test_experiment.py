@@ -131,9 +131,9 @@ def test_slices_of_one_run_share_a_folder(tmp_path) -> None:  # type: ignore[no-
     )
     assert [r["selected"] for r in whole if r["trial"] == 1] == [r["selected"] for r in rows if r["trial"] == 1]
 
-    with pytest.raises(UserError, match="already holds results for random trial 0"):
+    with pytest.raises(UserError, match="already holds results for random trial 0; add --resume"):
         run_experiment(small_config(**base, **{"active.strategies": ["random"]}), tmp_path, dataset=make_dataset())
-    with pytest.raises(UserError, match=r"different configuration \(train.epochs\)"):
+    with pytest.raises(UserError, match=r"a run with a different configuration: train.epochs differ"):
         run_experiment(
             small_config(**base, **{"train.epochs": 3, "active.strategies": ["margin"]}),
             tmp_path,

@@ -258,3 +258,31 @@ def test_exact_on_cuda_with_tf32_off(reduction: str) -> None:
     got = per_sample_grad_norms(model, inputs, reduction=reduction)  # type: ignore[arg-type]
     want = per_sample_grad_norms_loop(model, inputs, reduction=reduction)  # type: ignore[arg-type]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=0.0)
+
+
+def test_out_of_memory_retries_with_smaller_chunks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from lplgrad import gradnorm
+
+    _, model, _ = CASES[2]
+    inputs = torch.randn(10, 3, 12, 12)
+    want = per_sample_grad_norms(model, inputs, chunk_size=10)
+    original = gradnorm._hooked_norms
+    sizes: list[int] = []
+
+    def small_memory(model, chunk, reduction, loss):  # type: ignore[no-untyped-def]
+        sizes.append(chunk.shape[0])
+        if chunk.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(model, chunk, reduction, loss)
+
+    monkeypatch.setattr(gradnorm, "_hooked_norms", small_memory)
+    got = per_sample_grad_norms(model, inputs, chunk_size=10)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0.0)
+    assert sizes[:3] == [10, 5, 2]
+
+    def always_oom(model, chunk, reduction, loss):  # type: ignore[no-untyped-def]
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(gradnorm, "_hooked_norms", always_oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        per_sample_grad_norms(model, inputs, chunk_size=4)

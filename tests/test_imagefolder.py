@@ -73,3 +73,43 @@ def test_folder_without_images(tmp_path) -> None:  # type: ignore[no-untyped-def
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(UserError, match="no images found"):
         load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'empty'}", cache_dir=str(tmp_path / "c")))
+
+
+def test_bad_and_unusual_files(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Corrupt files are skipped and listed; unusual modes are converted correctly."""
+    import io
+
+    root = tmp_path / "folder"
+    write_images(root / "train", {"a": 2, "b": 1, "c": 1})
+    write_images(root / "test", {"a": 1, "b": 1, "c": 1})
+    good = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), 200, dtype=np.uint8)).save(good, format="JPEG")
+    (root / "train" / "a" / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (root / "train" / "a" / "text.png").write_text("this is not a picture")
+    (root / "train" / "a" / "empty.jpg").write_bytes(b"")
+    Image.new("CMYK", (12, 12), (0, 255, 255, 0)).save(root / "train" / "a" / "cmyk.jpg")  # pure red
+    Image.fromarray(np.full((12, 12), 65535, dtype=np.uint16)).save(root / "train" / "b" / "white16.png")
+    Image.fromarray(np.full((12, 12), 32768, dtype=np.uint16)).save(root / "train" / "b" / "gray16.png")
+    Image.new("RGBA", (12, 12), (10, 20, 30, 0)).save(root / "train" / "b" / "rgba.png")
+    Image.new("RGB", (3000, 2000), (0, 0, 255)).save(root / "train" / "c" / "huge.jpg")
+    (root / "train" / "d").mkdir()
+    (root / "train" / "d" / "only-broken.png").write_bytes(b"\x89PNG broken")
+
+    dataset = load_dataset(DataConfig(name=f"imagefolder:{root}", image_size=12, cache_dir=str(tmp_path / "c")))
+    skipped = sorted(Path(p).name for p in dataset.skipped_files)
+    assert skipped == ["empty.jpg", "only-broken.png", "text.png", "truncated.jpg"]
+    images = {
+        name: dataset.train.images[i]
+        for i, name in enumerate(
+            ["0.png", "1.png", "cmyk.jpg", "0.png(b)", "gray16.png", "rgba.png", "white16.png", "0.png(c)", "huge.jpg"]
+        )
+    }
+    assert dataset.train.images.shape == (9, 3, 12, 12)
+    red = images["cmyk.jpg"].float().mean(dim=(1, 2))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert (images["white16.png"] == 255).all()
+    assert abs(int(images["gray16.png"][0, 0, 0]) - 128) <= 1
+    assert images["rgba.png"][:, 0, 0].tolist() == [10, 20, 30]
+    blue = images["huge.jpg"].float().mean(dim=(1, 2))
+    assert blue[2] > 200 and blue[0] < 60
+    assert dataset.classes == ["a", "b", "c", "d"]  # d is reported empty (a warning), kept for class ids

@@ -12,11 +12,11 @@ from typing import Any
 from lplgrad import config as cfg
 from lplgrad.datasets import check_dataset_name, list_datasets
 from lplgrad.errors import UserError
-from lplgrad.experiment import run_experiment
+from lplgrad.experiment import TrialsFailed, run_experiment
 from lplgrad.report import write_report
+from lplgrad.results import StorageError
 from lplgrad.strategies import list_strategies, strategy_class
 from lplgrad.summary import accuracy_table
-from lplgrad.train import TrainingDiverged
 
 # CLI flag -> config key. Flags are applied after --config and before --set.
 FLAG_KEYS = {
@@ -35,6 +35,7 @@ FLAG_KEYS = {
     "data_root": "data.root",
     "download": "data.download",
     "trial_offset": "active.trial_offset",
+    "deterministic": "deterministic",
 }
 
 
@@ -61,6 +62,13 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--data-root", help="folder of torchvision datasets (default ./data)")
     run.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished rounds")
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="use only deterministic torch algorithms (bit-reproducible on GPU, slower)",
+    )
     run.add_argument("--config", type=Path, help="TOML file of settings (e.g. a previous run's config.toml)")
     run.add_argument(
         "--set",
@@ -146,18 +154,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nTest accuracy (%), mean ± std over 2 trials, digits, {time.perf_counter() - start:.0f} s:")
             print(accuracy_table(rows))
         elif args.command == "run":
-            rows = run_experiment(config_from_args(args), args.out, progress=True)
+            rows = run_experiment(config_from_args(args), args.out, progress=True, resume=args.resume)
             print(accuracy_table(rows))
             print(f"results: {args.out / 'results.jsonl'}")
         return 0
     except UserError as error:
         print(f"lplgrad: error: {error}", file=sys.stderr)
         return 2
-    except TrainingDiverged as error:
+    except (TrialsFailed, StorageError) as error:
         print(f"lplgrad: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("lplgrad: interrupted; finished rounds are in results.jsonl", file=sys.stderr)
+        out = getattr(args, "out", None)
+        if args.command == "run" and out is not None:
+            hint = f"; continue with: lplgrad run --config {out / 'config.toml'} --out {out} --resume"
+        else:
+            hint = ""
+        print(f"lplgrad: interrupted: every finished round is saved{hint}", file=sys.stderr)
         return 130
 
 

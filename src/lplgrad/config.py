@@ -76,6 +76,7 @@ class RunConfig:
     active: ActiveConfig = field(default_factory=ActiveConfig)
     seed: int = 0  # trial t uses seed + t
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPUs)
 
 
 # The paper's Section IV.A / Table I settings; digits is the small embedded default.

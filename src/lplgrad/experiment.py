@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lplgrad.checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_path,
+    load_checkpoint,
+    repair_results,
+    save_atomic,
+)
 from lplgrad.config import RunConfig, read_toml, resolve, to_toml, without_slice
 from lplgrad.data import Dataset
 from lplgrad.datasets import load_dataset
@@ -28,9 +35,9 @@ from lplgrad.errors import UserError
 from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows, write_atomic
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows, storage_error, write_atomic
 from lplgrad.strategies import QueryContext, Strategy, create_strategy, strategy_class
-from lplgrad.train import fit
+from lplgrad.train import TrainingDiverged, fit
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +86,40 @@ def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.d
     return model.to(device), loss_module.to(device)
 
 
-@dataclass
-class RoundResult:
-    labeled: int
-    accuracy: float
-    per_class: list[float]
-    train_seconds: float
-    query_seconds: float
-    selected: Tensor
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class TrialsFailed(RuntimeError):
+    """Some (strategy, trial) runs stopped on a training fault; the others finished."""
+
+
+def _query(
+    config: RunConfig,
+    dataset: Dataset,
+    strategy: Strategy,
+    pool: Pool,
+    model: nn.Module,
+    loss_module: nn.Module | None,
+    k: int,
+    seeds: tuple[int, int],
+) -> tuple[Tensor, Tensor | None, int]:
+    """Score a seeded random subset of the unlabeled pool and return (selected, scores, #candidates)."""
+    unlabeled = pool.unlabeled_indices()
+    subset_gen = torch.Generator().manual_seed(seeds[0])
+    candidates = unlabeled[torch.randperm(unlabeled.numel(), generator=subset_gen)[: config.active.subset]]
+    ctx = QueryContext(
+        model=model,
+        dataset=dataset,
+        candidates=candidates,
+        labeled=pool.labeled_indices(),
+        generator=torch.Generator().manual_seed(seeds[1]),
+        loss_module=loss_module,
+        batch_size=config.active.score_batch_size,
+    )
+    selection = strategy.select(ctx, k)
+    return selection.indices, selection.scores, candidates.numel()
 
 
 def run_strategy(
@@ -102,56 +130,67 @@ def run_strategy(
     initial: Tensor,
     sizes: list[int],
     device: torch.device,
-    out_file: Path | None,
+    out_dir: Path | None,
     progress: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """All rounds of one strategy in one trial; each row is appended to ``out_file`` as it finishes."""
+    """The rounds of one strategy in one trial, from the start or after the checkpoint ``resume``.
+
+    After each round the checkpoint is saved, then the row is appended to results.jsonl.
+    Raises TrainingDiverged (with ``round`` set) on a non-finite training loss.
+    """
     trial_seed = config.seed + trial
     pool = Pool(len(dataset.train))
-    pool.label(initial, 0)
     model, loss_module = build_models(config, dataset, derive_seed(trial_seed, 0, SEED_INIT), device)
-    aux = loss_module if strategy.uses_loss_module else None
+    first_round = 0
+    if resume is None:
+        pool.label(initial, 0)
+    else:
+        pool.labeled_at = resume["labeled_at"].clone()
+        first_round = resume["round"] + 1
+        if "model" in resume:
+            model.load_state_dict(resume["model"])
+            loss_module.load_state_dict(resume["loss_module"])
     rows = []
-    for round_index, size in enumerate(sizes):
+    for round_index in range(first_round, len(sizes)):
+        size = sizes[round_index]
         if round_index > 0 and not config.train.warm_start:
             model, loss_module = build_models(config, dataset, derive_seed(trial_seed, round_index, SEED_INIT), device)
-            aux = loss_module if strategy.uses_loss_module else None
+        aux = loss_module if strategy.uses_loss_module else None
         start = time.perf_counter()
-        fit(
-            model,
-            dataset,
-            pool.labeled_indices(),
-            config.train,
-            derive_seed(trial_seed, round_index, SEED_TRAIN),
-            loss_module=aux,
-            progress=progress,
-            description=f"{strategy.name} t{trial} r{round_index}",
-        )
+        try:
+            fit(
+                model,
+                dataset,
+                pool.labeled_indices(),
+                config.train,
+                derive_seed(trial_seed, round_index, SEED_TRAIN),
+                loss_module=aux,
+                progress=progress,
+                description=f"{strategy.name} t{trial} r{round_index}",
+            )
+        except TrainingDiverged as error:
+            error.round = round_index
+            raise
         _sync(device)
         train_seconds = time.perf_counter() - start
         accuracy, per_class = evaluate(model, dataset, config.train.eval_batch_size)
 
         selected, scores, num_candidates, query_seconds = torch.empty(0, dtype=torch.long), None, 0, 0.0
-        if round_index + 1 < len(sizes):
+        last = round_index + 1 == len(sizes)
+        if not last:
             start = time.perf_counter()
-            unlabeled = pool.unlabeled_indices()
-            subset_gen = torch.Generator().manual_seed(derive_seed(trial_seed, round_index, SEED_SUBSET))
-            candidates = unlabeled[torch.randperm(unlabeled.numel(), generator=subset_gen)[: config.active.subset]]
-            ctx = QueryContext(
-                model=model,
-                dataset=dataset,
-                candidates=candidates,
-                labeled=pool.labeled_indices(),
-                generator=torch.Generator().manual_seed(derive_seed(trial_seed, round_index, SEED_QUERY)),
-                loss_module=aux,
-                batch_size=config.active.score_batch_size,
+            seeds = (
+                derive_seed(trial_seed, round_index, SEED_SUBSET),
+                derive_seed(trial_seed, round_index, SEED_QUERY),
             )
-            selection = strategy.select(ctx, sizes[round_index + 1] - size)
+            selected, scores, num_candidates = _query(
+                config, dataset, strategy, pool, model, aux, sizes[round_index + 1] - size, seeds
+            )
             _sync(device)
             query_seconds = time.perf_counter() - start
-            pool.label(selection.indices, round_index + 1)
-            selected, scores, num_candidates = selection.indices, selection.scores, candidates.numel()
+            pool.label(selected, round_index + 1)
 
         row = {
             "strategy": strategy.name,
@@ -170,41 +209,68 @@ def run_strategy(
             "reduction": getattr(strategy, "reduction", None),
             "device": str(device),
         }
-        if out_file is not None:
-            append_row(out_file, row)
+        if out_dir is not None:
+            state: dict[str, Any] = {"round": round_index, "labeled_at": pool.labeled_at.clone(), "row": row}
+            if not last:  # weights are only needed to continue
+                state["model"] = model.state_dict()
+                state["loss_module"] = loss_module.state_dict()
+            save_atomic(checkpoint_path(out_dir, strategy.name, trial), state)
+            append_results(out_dir / RESULTS_FILE, row)
         if on_row is not None:
             on_row(row)
         rows.append(row)
     return rows
 
 
-def prepare_out_dir(out_dir: Path, config: RunConfig, pairs: list[tuple[str, int]]) -> Path:
-    """Create ``out_dir`` and write config.toml; or join a run already there as another slice.
+def append_results(path: Path, row: dict[str, Any]) -> None:
+    try:
+        append_row(path, row)
+    except OSError as error:
+        raise storage_error(path, error) from error
 
-    A second slice (other strategies or trials of the same run, e.g. from another machine) may
-    write into the same folder when everything but the slice keys matches and none of its
-    (strategy, trial) pairs has results yet. Anything else is refused: nothing is overwritten.
+
+def prepare_out_dir(
+    out_dir: Path, config: RunConfig, pairs: list[tuple[str, int]], resume: bool = False
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Make ``out_dir`` ready and return the checkpoints to resume from, by (strategy, trial).
+
+    - A new folder (or one where nothing finished yet) gets config.toml and starts fresh.
+    - ``resume``: the configuration must be the one in the folder (slice keys aside); results.jsonl
+      is repaired to agree with the checkpoints, and each (strategy, trial) continues after its
+      last finished round.
+    - Otherwise the folder may only be joined by another slice of the same run (other strategies
+      or trials, e.g. from another machine); anything else is refused, nothing is overwritten.
     """
     results = out_dir / RESULTS_FILE
-    if results.exists() and results.stat().st_size > 0:
-        config_file = out_dir / CONFIG_FILE
-        if not config_file.exists():
-            raise UserError(f"{out_dir} holds results but no {CONFIG_FILE}; choose a new --out")
-        earlier = without_slice(resolve(read_toml(config_file)))
-        differing = sorted(k for k, v in without_slice(config).items() if earlier.get(k) != v)
-        if differing:
-            raise UserError(
-                f"{out_dir} holds a run with a different configuration ({', '.join(differing)}); choose a new --out"
-            )
-        done = {(row["strategy"], row["trial"]) for row in read_rows(results)}
-        overlap = sorted(set(pairs) & done)
-        if overlap:
-            names = ", ".join(f"{s} trial {t}" for s, t in overlap[:4])
-            raise UserError(f"{out_dir} already holds results for {names}; choose other --strategy/--trial-offset")
-        return results
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / CONFIG_FILE, to_toml(config))
-    return results
+    checkpoints = (
+        {pair: state for pair in pairs if (state := load_checkpoint(out_dir, *pair)) is not None}
+        if out_dir.exists()
+        else {}
+    )
+    started = (results.exists() and results.stat().st_size > 0) or bool(list(out_dir.glob(f"{CHECKPOINT_DIR}/*.pt")))
+    if not started:
+        if resume:
+            log.info("nothing to resume in %s; starting the run", out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / CONFIG_FILE, to_toml(config))
+        return {}
+    config_file = out_dir / CONFIG_FILE
+    if not config_file.exists():
+        raise UserError(f"{out_dir} holds results but no {CONFIG_FILE}; choose a new --out")
+    earlier = without_slice(resolve(read_toml(config_file)))
+    differing = sorted(k for k, v in without_slice(config).items() if earlier.get(k) != v)
+    if differing:
+        what = "--resume with a changed configuration" if resume else "a run with a different configuration"
+        raise UserError(f"{out_dir} holds {what}: {', '.join(differing)} differ; choose a new --out")
+    if resume:
+        repair_results(out_dir, list(checkpoints.values()))
+        return checkpoints
+    done = {(row["strategy"], row["trial"]) for row in read_rows(results)} if results.exists() else set()
+    overlap = sorted(set(pairs) & (done | set(checkpoints)))
+    if overlap:
+        names = ", ".join(f"{s} trial {t}" for s, t in overlap[:4])
+        raise UserError(f"{out_dir} already holds results for {names}; add --resume to continue the run")
+    return {}
 
 
 class RoundLogger:
@@ -243,23 +309,29 @@ def run_experiment(
     out_dir: Path | None = None,
     dataset: Dataset | None = None,
     progress: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every trial x strategy of ``config``; rows are returned and, with ``out_dir``, written as they finish."""
     for name in config.active.strategies:
         strategy_class(name)  # unknown names fail before any data is loaded
     device = resolve_device(config.device)
+    if config.deterministic:
+        # Bit-reproducible GPU runs: deterministic kernels only (an op without one raises), no autotuning.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     dataset = (dataset or load_dataset(config.data)).to(device)
     pool_size = len(dataset.train)
     active = config.active
     sizes = labeled_schedule(active.initial, active.query, active.rounds, active.budget, pool_size)
     trials = range(active.trial_offset, active.trial_offset + active.trials)
     pairs = [(name, trial) for trial in trials for name in active.strategies]
-    results_file = prepare_out_dir(out_dir, config, pairs) if out_dir is not None else None
+    checkpoints = prepare_out_dir(out_dir, config, pairs, resume) if out_dir is not None else {}
     if out_dir is not None:
         info = {"name": dataset.name, "classes": dataset.classes, "train": pool_size, "test": len(dataset.test)}
         write_atomic(out_dir / "dataset.json", json.dumps(info, indent=1) + "\n")
-    if out_dir is not None and dataset.skipped_files:
-        write_atomic(out_dir / "skipped_files.txt", "\n".join(dataset.skipped_files) + "\n")
+        if dataset.skipped_files:
+            write_atomic(out_dir / "skipped_files.txt", "\n".join(dataset.skipped_files) + "\n")
     log.info(
         "%s: %d train / %d test images, %d classes; labeled sizes %s on %s",
         dataset.name,
@@ -269,15 +341,41 @@ def run_experiment(
         sizes,
         device,
     )
-    logger = RoundLogger(len(pairs) * len(sizes))
-    rows = []
+    remaining = sum(len(sizes) - (checkpoints[p]["round"] + 1 if p in checkpoints else 0) for p in pairs)
+    logger = RoundLogger(remaining)
+    rows, failures = [], []
     for trial in trials:
         trial_seed = config.seed + trial
         initial_gen = torch.Generator().manual_seed(derive_seed(trial_seed, 0, SEED_INITIAL_SET))
         initial = torch.randperm(pool_size, generator=initial_gen)[: active.initial]
         for name in active.strategies:
+            state = checkpoints.get((name, trial))
+            if state is not None and state["round"] + 1 == len(sizes):
+                continue  # finished before
+            if state is not None:
+                log.info("%s trial %d: resuming after round %d", name, trial, state["round"])
             strategy = create_strategy(name, reduction=active.reduction, mixed_precision=active.mixed_precision)
-            rows += run_strategy(
-                config, dataset, strategy, trial, initial, sizes, device, results_file, progress, on_row=logger
-            )
+            try:
+                rows += run_strategy(
+                    config,
+                    dataset,
+                    strategy,
+                    trial,
+                    initial,
+                    sizes,
+                    device,
+                    out_dir,
+                    progress,
+                    on_row=logger,
+                    resume=state,
+                )
+            except TrainingDiverged as error:
+                # One diverging run must not cost the others: keep its finished rounds and go on.
+                log.error("%s trial %d round %d: %s; its finished rounds are kept", name, trial, error.round, error)
+                failures.append(f"{name} trial {trial} round {error.round}")
+    if failures:
+        raise TrialsFailed(
+            f"training diverged in {', '.join(failures)} (try a lower train.lr); "
+            "all other rounds finished and are saved"
+        )
     return rows

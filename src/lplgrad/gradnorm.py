@@ -294,5 +294,24 @@ def per_sample_grad_norms(
         else:
             log.info("model shares parameters, calls a module twice or edits a layer output in place: using torch.func")
             engine, default_chunk = _vmap_norms, 8
-        scores = [engine(model, chunk, reduction, loss) for chunk in inputs.split(chunk_size or max(1, default_chunk))]
-    return torch.cat(scores).detach()
+        scores = _in_chunks(engine, model, inputs, chunk_size or max(1, default_chunk), reduction, loss)
+    return scores.detach()
+
+
+def _in_chunks(
+    engine: Any, model: nn.Module, inputs: Tensor, chunk: int, reduction: Reduction, loss: ScoreLoss
+) -> Tensor:
+    """Run ``engine`` over chunks; on a GPU out-of-memory error, halve the chunk and retry that chunk."""
+    scores, start = [], 0
+    while start < inputs.shape[0]:
+        try:
+            scores.append(engine(model, inputs[start : start + chunk], reduction, loss))
+            start += chunk
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            if inputs.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("out of memory while scoring; retrying with chunks of %d", chunk)
+    return torch.cat(scores)

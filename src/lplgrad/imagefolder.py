@@ -86,12 +86,32 @@ def _header_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] from any mode: 16-bit and float grayscale are rescaled (convert("RGB") would
+    clip them to white), CMYK, palette, grayscale and alpha images are converted (alpha dropped)."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        peak = values.max(initial=0.0)
+        if img.mode == "F" and peak <= 1.0:
+            scale = 255.0  # float images in [0, 1]
+        elif img.mode.startswith("I;16") or peak > 255:
+            scale = 255.0 / 65535.0
+        else:
+            scale = 1.0
+        gray = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def _decode(path: Path, size: int) -> np.ndarray | None:
-    """One image as uint8 [H, W, 3] resized to size x size (0 = keep); None if it cannot be decoded."""
+    """One image as uint8 [H, W, 3] resized to size x size (0 = keep); None if it cannot be decoded
+    (truncated or corrupt data, a non-image file, an empty file, a decompression bomb)."""
     try:
         with Image.open(path) as img:
+            if size:
+                img.draft("RGB", (size, size))  # JPEG: decode big photos at a reduced scale, much faster
             img.load()
-            rgb = img.convert("RGB")
+            rgb = Image.fromarray(_to_rgb(img))
             if size and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)

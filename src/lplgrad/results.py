@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -31,11 +32,28 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+class StorageError(OSError):
+    """Writing the run folder failed (e.g. disk full); what was there before is still valid."""
+
+
+def storage_error(path: Path, error: OSError) -> StorageError:
+    reason = "the disk is full" if error.errno == errno.ENOSPC else str(error)
+    return StorageError(
+        error.errno,
+        f"cannot write {path}: {reason}; the run folder still holds its last finished round "
+        "(free space, then rerun with --resume)",
+    )
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder, fsync, rename: never a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(path, error) from error

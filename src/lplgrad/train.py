@@ -30,6 +30,7 @@ class TrainingDiverged(FloatingPointError):
     def __init__(self, epoch: int) -> None:
         super().__init__(f"training loss is not finite at epoch {epoch + 1}; try a lower learning rate (train.lr)")
         self.epoch = epoch
+        self.round: int | None = None  # set by the experiment loop
 
 
 def make_optimizer(

@@ -1,0 +1,196 @@
+"""Crash safety: kills, interrupts, diverging training and failing writes lose nothing and resume exactly."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from lplgrad import config as cfg
+from lplgrad import train
+from lplgrad.checkpoint import checkpoint_path, load_checkpoint
+from lplgrad.cli import main
+from lplgrad.errors import UserError
+from lplgrad.experiment import TrialsFailed, run_experiment
+from lplgrad.results import StorageError, read_rows
+
+RUN = [
+    "--dataset",
+    "digits",
+    "--strategy",
+    "lplgrad,random",
+    "--trials",
+    "2",
+    "--initial",
+    "30",
+    "--query",
+    "30",
+    "--rounds",
+    "4",
+    "--epochs",
+    "3",
+    "--width",
+    "4",
+    "--subset",
+    "300",
+]
+
+
+def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without the wall-clock fields, in a fixed order."""
+    stripped = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
+    return sorted(stripped, key=lambda r: (r["strategy"], r["trial"], r["round"]))
+
+
+def reference_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    assert main(["-q", "run", *RUN, "--out", str(tmp_path / "reference")]) == 0
+    return comparable(read_rows(tmp_path / "reference" / "results.jsonl"))
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(tmp_path: Path) -> None:
+    want = reference_rows(tmp_path)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "lplgrad", "-q", "run", *RUN, "--out", str(out)]
+    moments = random.Random(0)
+    kills, finished = 0, False
+    for attempt in range(12):
+        process = subprocess.Popen(command + (["--resume"] if attempt else []), stderr=subprocess.PIPE)
+        if kills < 4:
+            time.sleep(moments.uniform(2.0, 7.0))  # torch import takes ~2 s; a run ~10 s
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = process.communicate()
+        if process.returncode == 0:
+            finished = True
+            break
+        assert process.returncode == -signal.SIGKILL, err.decode()
+    assert finished and kills >= 2
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == len({(r["strategy"], r["trial"], r["round"]) for r in rows}), "no duplicated rows"
+    assert comparable(rows) == want
+
+
+def test_ctrl_c_saves_everything_says_how_to_resume_and_resume_matches(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    want = reference_rows(tmp_path)
+    calls = {"n": 0}
+    original = train.fit
+
+    def interrupted_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("lplgrad.experiment.fit", interrupted_fit)
+    out = tmp_path / "run"
+    assert main(["-q", "run", *RUN, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"--out {out} --resume" in err
+    assert len(read_rows(out / "results.jsonl")) == 5
+    monkeypatch.setattr("lplgrad.experiment.fit", original)
+    assert main(["-q", "run", "--config", str(out / "config.toml"), "--out", str(out), "--resume"]) == 0
+    assert comparable(read_rows(out / "results.jsonl")) == want
+
+
+def small(**extra: Any) -> cfg.RunConfig:
+    return cfg.resolve(
+        {
+            "active.strategies": ["entropy", "random"],
+            "active.trials": 2,
+            "active.initial": 30,
+            "active.query": 30,
+            "active.rounds": 3,
+            "train.epochs": 2,
+            "model.width": 4,
+            "device": "cpu",
+            **extra,
+        }
+    )
+
+
+def test_diverging_training_stops_only_its_own_trial(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    original = train.fit
+
+    def nan_for_entropy_trial_1_round_2(model, dataset, labeled, config, seed, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("description", "").startswith("entropy t1 r2"):
+            raise train.TrainingDiverged(epoch=1)
+        return original(model, dataset, labeled, config, seed, **kwargs)
+
+    monkeypatch.setattr("lplgrad.experiment.fit", nan_for_entropy_trial_1_round_2)
+    with pytest.raises(TrialsFailed, match=r"entropy trial 1 round 2 \(try a lower train.lr\)"):
+        run_experiment(small(), tmp_path)
+    done = {(r["strategy"], r["trial"], r["round"]) for r in read_rows(tmp_path / "results.jsonl")}
+    assert ("entropy", 1, 1) in done and ("entropy", 1, 2) not in done
+    assert {("random", 1, r) for r in range(3)} <= done, "the other runs went on"
+
+
+def test_nan_loss_is_detected_with_its_epoch() -> None:
+    from lplgrad.models import ResNet18
+    from tests.conftest import make_dataset
+
+    model = ResNet18(4, width=4)
+    config = cfg.resolve({"train.lr": 1e30, "train.epochs": 5, "model.width": 4}).train
+    with pytest.raises(train.TrainingDiverged, match="not finite at epoch"):
+        train.fit(model, make_dataset(), torch.arange(32), config, seed=0)
+
+
+def test_disk_full_keeps_the_previous_state(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = small(**{"active.trials": 1, "active.strategies": ["random"]})
+    real_replace = os.replace
+    replaced = {"n": 0}
+
+    def full_disk_on_second_checkpoint(src, dst):  # type: ignore[no-untyped-def]
+        if str(dst).endswith(".pt"):
+            replaced["n"] += 1
+            if replaced["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk_on_second_checkpoint)
+    with pytest.raises(StorageError, match="the disk is full; the run folder still holds its last finished round"):
+        run_experiment(config, tmp_path)
+    state = load_checkpoint(tmp_path, "random", 0)
+    assert state is not None and state["round"] == 0  # the first checkpoint, intact
+    assert [r["round"] for r in read_rows(tmp_path / "results.jsonl")] == [0]
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp")), "no temporary file left behind"
+    monkeypatch.setattr(os, "replace", real_replace)
+    run_experiment(config, tmp_path, resume=True)
+    assert [r["round"] for r in read_rows(tmp_path / "results.jsonl")] == [0, 1, 2]
+
+
+def test_resume_repairs_a_torn_line_and_a_row_lost_after_its_checkpoint(tmp_path: Path) -> None:
+    config = small(**{"active.trials": 1})
+    want = comparable(run_experiment(config, tmp_path / "whole"))
+    run_experiment(config, tmp_path / "run")
+    results = tmp_path / "run" / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    # A kill tore the last row mid-append (its checkpoint was already saved).
+    results.write_text("".join(lines[:-1]) + lines[-1][:15])
+    run_experiment(config, tmp_path / "run", resume=True)
+    assert comparable(read_rows(results)) == want
+    # A kill between saving the last checkpoint and appending its row.
+    results.write_text("".join(lines[:-1]))
+    run_experiment(config, tmp_path / "run", resume=True)
+    assert comparable(read_rows(results)) == want
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path: Path) -> None:
+    run_experiment(small(**{"active.trials": 1}), tmp_path)
+    with pytest.raises(UserError, match=r"--resume with a changed configuration: active\.query, train\.lr differ"):
+        run_experiment(small(**{"active.trials": 1, "active.query": 20, "train.lr": 0.01}), tmp_path, resume=True)
+
+
+def test_last_round_checkpoint_drops_the_weights(tmp_path: Path) -> None:
+    run_experiment(small(**{"active.trials": 1, "active.strategies": ["random"]}), tmp_path)
+    state = torch.load(checkpoint_path(tmp_path, "random", 0), weights_only=True)
+    assert state["round"] == 2 and "model" not in state
+    assert json.loads(json.dumps(state["row"]))["labeled"] == 90
