@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from lplgrad import config as cfg
 from lplgrad.cli import main
@@ -98,3 +99,33 @@ def test_slices_merge_and_cli(tmp_path: Path, capsys) -> None:  # type: ignore[n
     assert "Trials present: 0, 1." in report and "All rounds present." in report
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_saved_artifacts_make_tsne_and_confidence_figures(tmp_path: Path) -> None:
+    from lplgrad.artifacts import load_all
+    from lplgrad.experiment import run_experiment
+    from tests.conftest import make_dataset
+
+    config = cfg.resolve(
+        {
+            "active.strategies": ["lplgrad", "random"],
+            "active.trials": 1,
+            "active.initial": 10,
+            "active.query": 10,
+            "active.rounds": 4,
+            "train.epochs": 1,
+            "model.width": 4,
+            "device": "cpu",
+            "save_artifacts": True,
+        }
+    )
+    run_experiment(config, tmp_path, dataset=make_dataset(num_train=80, num_test=40))
+    found = load_all(tmp_path)
+    assert sorted(found) == [(s, 0, r) for s in ("lplgrad", "random") for r in (0, 2, 3)]
+    item = found[("random", 0, 2)]
+    assert item["test_features"].shape == (40, 32) and item["test_features"].dtype == torch.float16
+    assert len(item["confidence_labeled"]) == 30 and len(item["confidence_unlabeled"]) == 50
+    assert torch.equal(found[("lplgrad", 0, 3)]["test_index"], item["test_index"]), "same test images for all"
+    report = write_report([tmp_path]).read_text()
+    assert "tsne.png" in report and "confidence.png" in report
+    assert (tmp_path / "tsne.png").stat().st_size > 5000 and (tmp_path / "confidence.png").stat().st_size > 5000

@@ -36,6 +36,7 @@ FLAG_KEYS = {
     "download": "data.download",
     "trial_offset": "active.trial_offset",
     "deterministic": "deterministic",
+    "save_artifacts": "save_artifacts",
 }
 
 
@@ -62,6 +63,12 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     run.add_argument("--data-root", help="folder of torchvision datasets (default ./data)")
     run.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
+    run.add_argument(
+        "--save-artifacts",
+        action="store_true",
+        default=None,
+        help="keep test features and confidences at 3 rounds for the t-SNE / confidence figures",
+    )
     run.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished rounds")
     run.add_argument(
         "--deterministic",

@@ -77,6 +77,7 @@ class RunConfig:
     seed: int = 0  # trial t uses seed + t
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPUs)
+    save_artifacts: bool = False  # features and confidences at 3 rounds, for t-SNE / confidence figures
 
 
 # The paper's Section IV.A / Table I settings; digits is the small embedded default.

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lplgrad import artifacts
+from lplgrad.artifacts import artifact_rounds
 from lplgrad.checkpoint import (
     CHECKPOINT_DIR,
     checkpoint_path,
@@ -42,7 +44,7 @@ from lplgrad.train import TrainingDiverged, fit
 log = logging.getLogger(__name__)
 
 # Purposes of derived seeds, so that e.g. the candidate subset never shares a stream with training.
-SEED_INIT, SEED_TRAIN, SEED_SUBSET, SEED_QUERY, SEED_INITIAL_SET = range(5)
+SEED_INIT, SEED_TRAIN, SEED_SUBSET, SEED_QUERY, SEED_INITIAL_SET, SEED_ARTIFACTS = range(6)
 
 
 def derive_seed(*parts: int) -> int:
@@ -176,6 +178,16 @@ def run_strategy(
         _sync(device)
         train_seconds = time.perf_counter() - start
         accuracy, per_class = evaluate(model, dataset, config.train.eval_batch_size)
+        if out_dir is not None and config.save_artifacts and round_index in artifact_rounds(len(sizes)):
+            found = artifacts.collect(
+                model,
+                dataset,
+                pool.labeled_indices(),
+                pool.unlabeled_indices(),
+                derive_seed(config.seed, 0, SEED_ARTIFACTS),
+                config.train.eval_batch_size,
+            )
+            artifacts.save(out_dir, strategy.name, trial, round_index, found)
 
         selected, scores, num_candidates, query_seconds = torch.empty(0, dtype=torch.long), None, 0, 0.0
         last = round_index + 1 == len(sizes)

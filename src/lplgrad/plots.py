@@ -65,3 +65,63 @@ def grouped_bars(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def tsne_grid(
+    panels: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
+    rounds_labeled: dict[int, int],
+    classes: list[str],
+    path: Path,
+    title: str,
+) -> None:
+    """t-SNE maps of test features, rows = methods, columns = rounds, points colored by true class (Fig. 6)."""
+    methods = list(dict.fromkeys(m for m, _ in panels))
+    rounds = sorted({r for _, r in panels})
+    fig, axes = plt.subplots(
+        len(methods), len(rounds), figsize=(3.2 * len(rounds) + 1.5, 3.0 * len(methods)), squeeze=False
+    )
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for i, method in enumerate(methods):
+        for j, round_index in enumerate(rounds):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if (method, round_index) not in panels:
+                ax.set_visible(False)
+                continue
+            points, labels = panels[(method, round_index)]
+            ax.scatter(points[:, 0], points[:, 1], c=[cmap(int(k) % cmap.N) for k in labels], s=3, linewidths=0)
+            ax.set_title(f"{method}, {rounds_labeled[round_index]} labeled", fontsize=9, color=method_color(method))
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color=cmap(k % cmap.N), label=name)
+        for k, name in enumerate(classes[:20])
+    ]
+    fig.legend(handles=handles, loc="center right", fontsize=8, title="true class")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confidence_histograms(values: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """Max-softmax confidence of labeled vs unlabeled training images, one panel per method (Fig. 7)."""
+    methods = list(values)
+    columns = min(3, len(methods))
+    rows = -(-len(methods) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.0 * rows), squeeze=False)
+    bins = np.linspace(0, 1, 26)
+    for k, method in enumerate(methods):
+        ax = axes[k // columns][k % columns]
+        labeled, unlabeled = values[method]
+        ax.hist(unlabeled, bins=bins, density=True, alpha=0.5, color="gray", label="unlabeled")
+        ax.hist(labeled, bins=bins, density=True, alpha=0.6, color=method_color(method), label="labeled")
+        ax.set_title(method, fontsize=10)
+        ax.set_xlabel("max softmax probability")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    for k in range(len(methods), rows * columns):
+        axes[k // columns][k % columns].set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lplgrad import plots
+from lplgrad import artifacts, plots
 from lplgrad.config import RunConfig, read_toml, resolve
 from lplgrad.errors import UserError
 from lplgrad.experiment import labeled_schedule
@@ -234,6 +234,43 @@ def figures(run: Run, out_dir: Path, title: str) -> list[str]:
     return lines
 
 
+def artifact_figures(dirs: list[Path], run: Run, out_dir: Path, title: str) -> list[str]:
+    """t-SNE of test features (Fig. 6) and confidence histograms (Fig. 7) from --save-artifacts files."""
+    from sklearn.manifold import TSNE
+
+    found: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for folder in dirs:
+        found.update(artifacts.load_all(folder))
+    if not found:
+        return []
+    trial = min(t for _, t, _ in found)
+    rounds = sorted({r for _, t, r in found if t == trial})
+    shown = rounds[-2:] if len(rounds) > 1 else rounds  # the middle and the last round
+    size_of = {r["round"]: r["labeled"] for r in run.rows}
+    num_classes = len(run.rows[0]["per_class_accuracy"])
+    names = run.classes or [str(c) for c in range(num_classes)]
+    panels = {}
+    for (method, t, round_index), item in sorted(found.items()):
+        if t == trial and round_index in shown:
+            features = item["test_features"].float().numpy()
+            perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
+            points = TSNE(2, init="pca", random_state=0, perplexity=perplexity).fit_transform(features)
+            panels[(method, round_index)] = (points, item["test_labels"].numpy())
+    plots.tsne_grid(panels, size_of, names, out_dir / "tsne.png", f"{title}: t-SNE of test-set features, trial {trial}")
+    last = max(shown)
+    confidence = {
+        m: (item["confidence_labeled"].float().numpy(), item["confidence_unlabeled"].float().numpy())
+        for (m, t, r), item in found.items()
+        if t == trial and r == last
+    }
+    plots.confidence_histograms(
+        confidence,
+        out_dir / "confidence.png",
+        f"{title}: confidence of labeled vs unlabeled images, {size_of.get(last, '?')} labeled",
+    )
+    return ["", "![t-SNE](tsne.png)", "", "![confidence](confidence.png)"]
+
+
 def write_report(dirs: list[Path], out_dir: Path | None = None) -> Path:
     """Write report.md and its figures into ``out_dir`` (default: the first folder)."""
     run = load(dirs)
@@ -276,6 +313,7 @@ def write_report(dirs: list[Path], out_dir: Path | None = None) -> Path:
         "## Figures",
         "",
         *figures(run, out_dir, title),
+        *artifact_figures(dirs, run, out_dir, title),
         "",
     ]
     path = out_dir / "report.md"
