@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lplgrad.results import RESULTS_FILE, append_row, read_rows, storage_error
+from lplgrad.results import RESULTS_FILE, append_row, read_rows, write_atomic_with
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -29,18 +29,8 @@ def checkpoint_path(out_dir: Path, strategy: str, trial: int) -> Path:
 
 
 def save_atomic(path: Path, state: dict[str, Any]) -> None:
-    """torch.save through a temporary file + fsync + rename: the old file stays valid until the new one is whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise storage_error(path, error) from error
+    """torch.save, atomically: the old file stays valid until the new one is whole."""
+    write_atomic_with(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(out_dir: Path, strategy: str, trial: int) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from lplgrad.datasets import check_dataset_name, list_datasets
 from lplgrad.errors import UserError
 from lplgrad.experiment import TrialsFailed, run_experiment
 from lplgrad.report import write_report
-from lplgrad.results import StorageError
+from lplgrad.results import RESULTS_FILE, StorageError, read_rows
 from lplgrad.strategies import list_strategies, strategy_class
 from lplgrad.summary import accuracy_table
 
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nTest accuracy (%), mean ± std over 2 trials, digits, {time.perf_counter() - start:.0f} s:")
             print(accuracy_table(rows))
         elif args.command == "run":
-            rows = run_experiment(config_from_args(args), args.out, progress=True, resume=args.resume)
-            print(accuracy_table(rows))
+            run_experiment(config_from_args(args), args.out, progress=True, resume=args.resume)
+            print(accuracy_table(read_rows(args.out / RESULTS_FILE)))  # the whole run, resumed parts included
             print(f"results: {args.out / 'results.jsonl'}")
         return 0
     except UserError as error:

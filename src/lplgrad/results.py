@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.toml"
@@ -45,15 +46,22 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, fsync, rename: never a half-written file."""
+def write_atomic_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file in the same folder, fsync, rename over ``path``:
+    a kill at any instant leaves either the old file or the new one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise storage_error(path, error) from error
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Atomically replace a text file (see ``write_atomic_with``)."""
+    write_atomic_with(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -10,6 +10,8 @@ import numpy as np
 
 def accuracy_table(rows: list[dict[str, Any]]) -> str:
     """Rows = labeled-set sizes, columns = strategies, cells = mean test accuracy in % (+/- std if > 1 trial)."""
+    if not rows:
+        return "(no finished rounds)"
     cells: dict[tuple[int, str], list[float]] = defaultdict(list)
     for row in rows:
         cells[(row["labeled"], row["strategy"])].append(100.0 * row["test_accuracy"])
