@@ -26,10 +26,6 @@ def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
             module.train(mode)
 
 
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def batches(images: Tensor, indices: Tensor, dataset: Dataset, batch_size: int) -> Iterator[Tensor]:
     """Normalized float batches of ``images[indices]`` in order, on the images' device."""
     indices = indices.to(images.device)

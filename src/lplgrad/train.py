@@ -9,6 +9,7 @@ the ranking loss stops shaping the backbone.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import torch
@@ -95,6 +96,6 @@ def fit(
             total += loss.detach() * batch.numel()
         scheduler.step()
         epoch_loss = float(total) / order.numel()  # one sync per epoch, also the NaN check
-        if not torch.isfinite(torch.tensor(epoch_loss)):
+        if not math.isfinite(epoch_loss):
             raise TrainingDiverged(epoch)
     return epoch_loss

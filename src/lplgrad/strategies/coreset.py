@@ -30,12 +30,12 @@ def k_center_greedy(points: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Te
     nearest = min_distances(points, centers)
     picks, scores = [], []
     for _ in range(k):
-        best = int(torch.argmax(nearest))
+        best = torch.argmax(nearest)  # stays a device tensor: no host sync per pick
         picks.append(best)
-        scores.append(nearest[best].item())
-        nearest = torch.minimum(nearest, torch.cdist(points, points[best : best + 1]).squeeze(1))
-        nearest[best] = -1.0  # never pick twice, even when points coincide
-    return torch.tensor(picks, dtype=torch.long), torch.tensor(scores)
+        scores.append(nearest[best])
+        nearest = torch.minimum(nearest, torch.cdist(points, points[best].unsqueeze(0)).squeeze(1))
+        nearest = nearest.index_fill(0, best.view(1), -1.0)  # never pick twice, even when points coincide
+    return torch.stack(picks).cpu(), torch.stack(scores).cpu()
 
 
 @register_strategy
