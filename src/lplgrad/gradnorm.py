@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from lplgrad.inference import eval_mode
-from lplgrad.layer_norms import SquaredNorms, fast_rule, generic_norms
+from lplgrad.layer_norms import SquaredNorms, conv2d_supported, conv2d_work_floats, fast_rule, generic_norms
 from lplgrad.models.output import split_output
 
 log = logging.getLogger(__name__)
@@ -255,9 +255,11 @@ def _probe(model: nn.Module, example: Tensor) -> _Probe:
         first = call.args[0] if call.args and isinstance(call.args[0], Tensor) else call.output
         kept += 2 * (first.numel() + call.output.numel())  # input, output, and autograd's saved copies
         if isinstance(call.module, nn.Conv2d):
-            positions = call.output[0, 0].numel()
-            d, p = call.module.weight[0].numel(), call.module.weight.shape[0]
-            work = max(work, d * positions + min(2 * positions * positions, d * p))  # unfold + Gram | grad
+            in_hw, out_hw = tuple(first.shape[-2:]), tuple(call.output.shape[-2:])
+            if conv2d_supported(call.module):
+                work = max(work, conv2d_work_floats(call.module, in_hw, out_hw))  # type: ignore[arg-type]
+            else:  # the torch.func fallback materializes per-sample weight gradients
+                work = max(work, call.module.weight.numel())
     return _Probe(exact and batchable(model), 4 * (kept + 2 * work))
 
 

@@ -11,9 +11,15 @@ computed without materializing it:
 - Conv2d with A_i = unfold(a_i) [D, T] and G_i = g_i [p, T]: dW_i = G_i A_i^T, so either
   materialize it (cost ~ T D p; done as one grouped weight-gradient convolution) or use
   the "ghost norm" (Goodfellow 2015; Li et al. 2022)
-  ||G_i A_i^T||_F^2 = sum_{t,t'} (A_i^T A_i)_{tt'} (G_i^T G_i)_{tt'} (cost ~ T^2 (D + p)),
-  whichever is cheaper for the layer: for the CIFAR ResNet-18 that is materializing in
-  the stem and stages 1-2 and the ghost norm in stages 3-4; ||db_i||^2 = ||sum_t G_i[:, t]||^2;
+  ||G_i A_i^T||_F^2 = sum_{t,t'} (A_i^T A_i)_{tt'} (G_i^T G_i)_{tt'} (cost ~ T^2 (D + p)).
+  For stride 1 the unfold is not needed: column t of A_i is the input at the k = kh*kw
+  positions t + delta, so (A_i^T A_i)_{tt'} = sum_delta R_i[t + delta, t' + delta] with
+  R_i = a_i^T a_i the Gram of the (zero-padded) input pixels: cost ~ T_in^2 C + T^2 (p + k)
+  instead of T^2 (D + p), about k times less. Each layer takes the route with the fewest
+  multiply-adds: for the CIFAR ResNet-18, materializing in the stem, stage 1 and the
+  stride-2 layers of stage 2, the shifted Gram in the stride-1 layers of stages 2-4, the
+  unfolded ghost norm in the stride-2 layers of stages 3-4;
+  ||db_i||^2 = ||sum_t G_i[:, t]||^2;
 - BatchNorm (eval): dgamma_i = sum_positions g_i * x_hat_i, dbeta_i = sum_positions g_i,
   with x_hat from the running statistics;
 - any other module with parameters: an exact per-sample vector-Jacobian product with
@@ -26,7 +32,7 @@ trainable parameters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,9 +42,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 SquaredNorms = dict[str, Tensor]
 
-# Samples per grouped weight-gradient convolution. On the 2-core CPU (oneDNN), groups of 8
+# Samples per grouped weight-gradient convolution. On the 2-core CPU (oneDNN), small groups
 # ran the ResNet-18 stage 1-2 convolutions 1.5-2x faster than one group per whole chunk.
-GROUPED_SAMPLES = 8
+GROUPED_SAMPLES = 4
+
+ConvRoute = Literal["materialize", "unfolded_ghost", "shifted_ghost"]
 
 
 def _trainable(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -106,26 +114,84 @@ def conv2d_per_sample_grads(module: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
     return weight_grad.view(batch, out_channels, channels, *kernel)
 
 
+def conv2d_route(module: nn.Conv2d, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> ConvRoute:
+    """The cheapest exact route to the per-sample weight-gradient norms of this layer (multiply-adds)."""
+    positions_in, positions = in_hw[0] * in_hw[1], out_hw[0] * out_hw[1]  # T_in, T
+    channels, p = module.weight.shape[1], module.weight.shape[0]
+    taps = module.weight[0, 0].numel()  # k = kh * kw
+    costs: dict[ConvRoute, int] = {
+        "materialize": positions * channels * taps * p,
+        "unfolded_ghost": positions * positions * (channels * taps + p),
+    }
+    if tuple(module.stride) == (1, 1) and tuple(module.dilation) == (1, 1):
+        costs["shifted_ghost"] = positions_in * positions_in * channels + positions * positions * (p + taps)
+    return min(costs, key=costs.__getitem__)
+
+
+def conv2d_work_floats(module: nn.Conv2d, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """Floats per sample of the largest temporary buffers of ``conv2d_norms`` (to size chunks)."""
+    positions_in, positions = in_hw[0] * in_hw[1], out_hw[0] * out_hw[1]
+    d, p = module.weight[0].numel(), module.weight.shape[0]
+    route = conv2d_route(module, in_hw, out_hw)
+    if route == "materialize":
+        return d * p
+    if route == "unfolded_ghost":
+        return d * positions + 3 * positions * positions
+    assert not isinstance(module.padding, str)
+    padded = (in_hw[0] + 2 * module.padding[0]) * (in_hw[1] + 2 * module.padding[1])
+    return positions_in * positions_in + padded * padded + 3 * positions * positions
+
+
+def _shifted_input_gram(module: nn.Conv2d, a: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """A_i^T A_i [B, T, T] of a stride-1 convolution without unfolding a (see the module docstring).
+
+    R = a^T a over the input pixels, zero-padded like the input, viewed as [B, H, W, H, W];
+    the Gram of the unfolded input is the sum over kernel offsets (di, dj) of R shifted by
+    (di, dj) in both position pairs at once.
+    """
+    batch, _, height, width = a.shape
+    assert not isinstance(module.padding, str)
+    pad_h, pad_w = module.padding
+    kernel_h, kernel_w = module.kernel_size
+    flat = a.flatten(2)  # [B, C, T_in]
+    pixel_gram = torch.bmm(flat.transpose(1, 2), flat).view(batch, height, width, height, width)
+    pixel_gram = F.pad(pixel_gram, (pad_w, pad_w, pad_h, pad_h, pad_w, pad_w, pad_h, pad_h))
+    out_h, out_w = out_hw
+    total = torch.zeros(batch, out_h, out_w, out_h, out_w, device=a.device, dtype=a.dtype)
+    for di in range(kernel_h):
+        for dj in range(kernel_w):
+            total += pixel_gram[:, di : di + out_h, dj : dj + out_w, di : di + out_h, dj : dj + out_w]
+    return total.view(batch, out_h * out_w, out_h * out_w)
+
+
+def conv2d_weight_norms(module: nn.Conv2d, a: Tensor, g: Tensor, route: ConvRoute) -> Tensor:
+    """||dW_i||^2 [B] from the input a [B, C, H, W] and output gradient g [B, p, Ho, Wo] by ``route``."""
+    out_hw = (g.shape[2], g.shape[3])
+    if route == "materialize":
+        return torch.cat(
+            [
+                conv2d_per_sample_grads(module, a_part, g_part).flatten(1).pow(2).sum(1)
+                for a_part, g_part in zip(a.split(GROUPED_SAMPLES), g.split(GROUPED_SAMPLES), strict=True)
+            ]
+        )
+    flat_g = g.flatten(2)  # [B, p, T]
+    if route == "unfolded_ghost":
+        assert not isinstance(module.padding, str)
+        unfolded = F.unfold(
+            a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
+        )  # [B, D, T]
+        return _ghost(unfolded.transpose(1, 2), flat_g.transpose(1, 2))
+    output_gram = torch.bmm(flat_g.transpose(1, 2), flat_g)  # G_i^T G_i [B, T, T]
+    return (_shifted_input_gram(module, a, out_hw) * output_gram).sum(dim=(1, 2))
+
+
 def conv2d_norms(module: nn.Conv2d, a: Tensor, g: Tensor) -> SquaredNorms:
     params = _trainable(module)
     a, g = a.float().contiguous(), g.float().contiguous()
     out: SquaredNorms = {}
     if "weight" in params:
-        positions = g[0, 0].numel()  # T output positions
-        d, p = module.weight[0].numel(), module.weight.shape[0]  # D = C * kh * kw, p = out channels
-        if positions * positions * (d + p) < positions * d * p:
-            assert not isinstance(module.padding, str)
-            unfolded = F.unfold(
-                a, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride
-            )  # [B, D, T]
-            out["weight"] = _ghost(unfolded.transpose(1, 2), g.flatten(2).transpose(1, 2))
-        else:
-            out["weight"] = torch.cat(
-                [
-                    conv2d_per_sample_grads(module, a_part, g_part).flatten(1).pow(2).sum(1)
-                    for a_part, g_part in zip(a.split(GROUPED_SAMPLES), g.split(GROUPED_SAMPLES), strict=True)
-                ]
-            )
+        route = conv2d_route(module, (a.shape[2], a.shape[3]), (g.shape[2], g.shape[3]))
+        out["weight"] = conv2d_weight_norms(module, a, g, route)
     if "bias" in params:
         out["bias"] = g.flatten(2).sum(2).pow(2).sum(1)
     return out
