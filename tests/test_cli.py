@@ -91,3 +91,30 @@ def test_console_entry_point_exit_code_and_no_traceback(tmp_path) -> None:  # ty
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown strategy 'nope'" in result.stderr
+
+
+def test_failed_download_is_one_line_exit_2(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from urllib.error import URLError
+
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(datasets, "CIFAR10", offline)
+    out = tmp_path / "out"
+    args = ["run", "--dataset", "cifar10", "--download", "--data-root", str(tmp_path / "data"), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lplgrad: error: cifar10: download failed (")
+    assert not out.exists()
+
+
+def test_unusable_run_folder_is_one_line_exit_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    for out, message in [(a_file, "is a file"), (a_file / "below", "is not a writable folder")]:
+        assert main(["run", "--dataset", "digits", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert a_file.read_text() == "not a folder"

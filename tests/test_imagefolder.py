@@ -55,7 +55,7 @@ def test_single_folder_is_split_by_a_stratified_holdout(tmp_path) -> None:  # ty
 
 def test_mixed_sizes_are_resized(tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "folder"
-    write_images(root / "train", {"a": 2}, size=20)
+    write_images(root / "train", {"a": 2, "b": 1}, size=20)
     write_images(root / "test", {"a": 2}, size=30)
     dataset = load_dataset(DataConfig(name=f"imagefolder:{root}", image_size=16, cache_dir=str(tmp_path / "c")))
     assert dataset.train.images.shape[-2:] == dataset.test.images.shape[-2:] == (16, 16)
@@ -67,6 +67,12 @@ def test_test_classes_missing_from_train_are_refused(tmp_path) -> None:  # type:
     write_images(root / "test", {"a": 1, "zebra": 1})
     with pytest.raises(UserError, match="classes the training split lacks: zebra"):
         load_dataset(DataConfig(name=f"imagefolder:{root}", cache_dir=str(tmp_path / "c")))
+
+
+def test_one_class_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    write_images(tmp_path / "folder", {"only": 6})
+    with pytest.raises(UserError, match="has 1 class folder \\(only\\); classification needs at least two"):
+        load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'folder'}", cache_dir=str(tmp_path / "c")))
 
 
 def test_folder_without_images(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -86,11 +86,16 @@ def _data_root(config: DataConfig) -> Path:
 
 
 def _torchvision(factory: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
-    """Instantiate a torchvision dataset, turning its "not found" error into a one-line UserError."""
+    """Instantiate a torchvision dataset, turning its "not found" and download errors into one-line UserErrors."""
     try:
         return factory(*args, **kwargs)
     except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
         raise UserError(f"{name}: {error}".replace("\n", " ")) from error
+    except OSError as error:  # URLError (no network, DNS, HTTP), or a disk error while downloading
+        raise UserError(
+            f"{name}: download failed ({error}); check the network, or download the files by hand "
+            "into --data-root and run without --download".replace("\n", " ")
+        ) from error
 
 
 @register_dataset("digits")
@@ -175,5 +180,10 @@ def load_imagefolder(root: Path, config: DataConfig) -> Dataset:
         decoded = decode_folder(root, image_size=config.image_size, cache_dir=cache)
         train, test = _holdout(decoded.images, decoded.labels, config)
         classes, skipped = decoded.classes, decoded.skipped
+    if len(classes) < 2:
+        raise UserError(
+            f"{root} has {len(classes)} class folder ({', '.join(classes)}); classification needs at least two, "
+            f"as {root}/<class>/<image>"
+        )
     dataset = _make(name, train, test, classes, flip=config.flip)
     return replace(dataset, skipped_files=tuple(skipped))

@@ -241,6 +241,17 @@ def append_results(path: Path, row: dict[str, Any]) -> None:
         raise storage_error(path, error) from error
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Fail before any data is loaded when the run folder cannot be created or written (creates nothing)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"the run folder {out_dir} is a file; choose another --out")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the run folder {out_dir}: {existing} is not a writable folder")
+
+
 def prepare_out_dir(
     out_dir: Path, config: RunConfig, pairs: list[tuple[str, int]], resume: bool = False
 ) -> dict[tuple[str, int], dict[str, Any]]:
@@ -263,7 +274,10 @@ def prepare_out_dir(
     if not started:
         if resume:
             log.info("nothing to resume in %s; starting the run", out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {out_dir}: {error.strerror or error}") from error
         write_atomic(out_dir / CONFIG_FILE, to_toml(config))
         return {}
     config_file = out_dir / CONFIG_FILE
@@ -326,6 +340,8 @@ def run_experiment(
     """Run every trial x strategy of ``config``; rows are returned and, with ``out_dir``, written as they finish."""
     for name in config.active.strategies:
         strategy_class(name)  # unknown names fail before any data is loaded
+    if out_dir is not None:
+        check_out_dir(out_dir)
     device = resolve_device(config.device)
     if config.deterministic:
         # Bit-reproducible GPU runs: deterministic kernels only (an op without one raises), no autotuning.
