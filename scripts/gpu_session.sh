@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU work of issues 3 and 4, ready for a session whose task is lent a device machine.
+#
+# Once, here, in the repository root (the CIFAR-10 JPEG folder travels as an ignored, carried folder):
+#     mkdir -p .data && cp ../shared/datasets/cifar10-jpeg.tar.gz .data/ && echo /.data/ >> .git/info/exclude
+# Then, with the device tool (its python3 already has torch, torchvision, scikit-learn, matplotlib, tqdm):
+#     run(command="bash scripts/gpu_session.sh check", carry=[".data"])
+#     run(command="bash scripts/gpu_session.sh cifar10-high 560", carry=[".data"])   # again to go on: --resume
+#
+#   check               exactness tests on CUDA (pytest -m gpu) and the gradient-norm benchmark on the card
+#   cifar10-high SECS   the cifar10-high preset for lplgrad and random, trial 0, on the CIFAR-10 JPEG folder with
+#                       the paper's CIFAR training settings, stopped cleanly (Ctrl-C semantics) after SECS seconds;
+#                       rerunning continues from the last finished round while the machine is still warm.
+#                       Extra arguments go to `lplgrad run` (e.g. --device cpu --epochs 1 to try it here).
+set -euo pipefail
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu-session-out}
+mkdir -p "$out"
+
+case "${1:-}" in
+check)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
+    python3 -m pytest -q -m gpu tests/test_gradnorm.py 2>&1 | tee "$out/pytest-gpu.txt"
+    python3 bench/gradnorm.py --device cuda --n 1024 --loop-n 128 | tee "$out/bench-cuda.txt"
+    python3 bench/gradnorm.py --device cuda --n 1024 --loop-n 128 --reduction global | tee -a "$out/bench-cuda.txt"
+    ;;
+cifar10-high)
+    seconds=${2:?give the seconds to run}
+    shift 2
+    data=/tmp/cifar10-jpeg
+    if [ ! -d "$data/train" ]; then
+        mkdir -p "$data" && tar xzf .data/cifar10-jpeg.tar.gz -C "$data"
+    fi
+    run=/tmp/cifar10-high
+    # The folder is an image folder, so the CIFAR defaults of Section IV.A are given explicitly.
+    status=0
+    timeout --signal=INT "$seconds" python3 -m lplgrad run --preset cifar10-high --strategy lplgrad,random \
+        --trials 1 --set "data.name=imagefolder:$data" --set train.lr=0.1 --set "train.milestones=[0.8]" \
+        --set train.batch_size=128 --set train.epochs=200 --resume --out "$run" "$@" || status=$?
+    echo "lplgrad run exited with $status (130 or 124: stopped at the time limit; rerun to continue)"
+    python3 -m lplgrad report "$run" --out "$out"
+    cp "$run/results.jsonl" "$run/config.toml" "$out/"
+    ;;
+*)
+    sed -n '2,16p' "$0"
+    exit 2
+    ;;
+esac
