@@ -78,3 +78,13 @@ def test_flags_override_a_preset(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert main(args) == 0
     config = cfg.resolve(cfg.read_toml(out / "config.toml"))
     assert config.data.name == "digits" and config.active.budget == 30 and config.train.lr == 0.05
+
+
+def test_rounds_flag_wins_over_a_preset_budget() -> None:
+    from lplgrad.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--preset", "cifar10-high", "--rounds", "1", "--out", "x"])
+    active = config_from_args(args).active
+    assert (active.rounds, active.budget) == (1, 0)
+    args = build_parser().parse_args(["run", "--preset", "cifar10-high", "--out", "x"])
+    assert config_from_args(args).active.budget == 10000

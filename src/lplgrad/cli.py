@@ -119,6 +119,8 @@ def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
         value = getattr(args, flag)
         if value is not None:
             values[key] = value
+    if args.rounds is not None:
+        values["active.budget"] = 0  # --rounds asks to stop by rounds, even over a preset's or file's budget
     values.update(cfg.parse_set(args.set))
     config = cfg.resolve(values)
     check_dataset_name(config.data.name)
