@@ -23,21 +23,17 @@ from torch import Tensor, nn
 
 from lplgrad import artifacts
 from lplgrad.artifacts import artifact_rounds
-from lplgrad.checkpoint import (
-    CHECKPOINT_DIR,
-    checkpoint_path,
-    load_checkpoint,
-    repair_results,
-    save_atomic,
-)
-from lplgrad.config import RunConfig, read_toml, resolve, to_toml, without_slice
+from lplgrad.checkpoint import checkpoint_path, save_atomic
+from lplgrad.config import RunConfig
 from lplgrad.data import Dataset
 from lplgrad.datasets import load_dataset
 from lplgrad.errors import UserError
 from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows, storage_error, write_atomic
+from lplgrad.progress import RoundLogger
+from lplgrad.results import RESULTS_FILE, append_row, storage_error, write_atomic
+from lplgrad.run_folder import check_out_dir, prepare_out_dir
 from lplgrad.strategies import QueryContext, Strategy, create_strategy, strategy_class
 from lplgrad.train import TrainingDiverged, fit
 
@@ -239,95 +235,6 @@ def append_results(path: Path, row: dict[str, Any]) -> None:
         append_row(path, row)
     except OSError as error:
         raise storage_error(path, error) from error
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Fail before any data is loaded when the run folder cannot be created or written (creates nothing)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"the run folder {out_dir} is a file; choose another --out")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create the run folder {out_dir}: {existing} is not a writable folder")
-
-
-def prepare_out_dir(
-    out_dir: Path, config: RunConfig, pairs: list[tuple[str, int]], resume: bool = False
-) -> dict[tuple[str, int], dict[str, Any]]:
-    """Make ``out_dir`` ready and return the checkpoints to resume from, by (strategy, trial).
-
-    - A new folder (or one where nothing finished yet) gets config.toml and starts fresh.
-    - ``resume``: the configuration must be the one in the folder (slice keys aside); results.jsonl
-      is repaired to agree with the checkpoints, and each (strategy, trial) continues after its
-      last finished round.
-    - Otherwise the folder may only be joined by another slice of the same run (other strategies
-      or trials, e.g. from another machine); anything else is refused, nothing is overwritten.
-    """
-    results = out_dir / RESULTS_FILE
-    checkpoints = (
-        {pair: state for pair in pairs if (state := load_checkpoint(out_dir, *pair)) is not None}
-        if out_dir.exists()
-        else {}
-    )
-    started = (results.exists() and results.stat().st_size > 0) or bool(list(out_dir.glob(f"{CHECKPOINT_DIR}/*.pt")))
-    if not started:
-        if resume:
-            log.info("nothing to resume in %s; starting the run", out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create the run folder {out_dir}: {error.strerror or error}") from error
-        write_atomic(out_dir / CONFIG_FILE, to_toml(config))
-        return {}
-    config_file = out_dir / CONFIG_FILE
-    if not config_file.exists():
-        raise UserError(f"{out_dir} holds results but no {CONFIG_FILE}; choose a new --out")
-    earlier = without_slice(resolve(read_toml(config_file)))
-    differing = sorted(k for k, v in without_slice(config).items() if earlier.get(k) != v)
-    if differing:
-        what = "--resume with a changed configuration" if resume else "a run with a different configuration"
-        raise UserError(f"{out_dir} holds {what}: {', '.join(differing)} differ; choose a new --out")
-    if resume:
-        repair_results(out_dir, list(checkpoints.values()))
-        return checkpoints
-    done = {(row["strategy"], row["trial"]) for row in read_rows(results)} if results.exists() else set()
-    overlap = sorted(set(pairs) & (done | set(checkpoints)))
-    if overlap:
-        names = ", ".join(f"{s} trial {t}" for s, t in overlap[:4])
-        raise UserError(f"{out_dir} already holds results for {names}; add --resume to continue the run")
-    return {}
-
-
-class RoundLogger:
-    """One line per finished round, with an ETA from the mean time per round so far."""
-
-    def __init__(self, total_rounds: int) -> None:
-        self.total, self.done, self.start = total_rounds, 0, time.perf_counter()
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start
-        remaining = elapsed / self.done * (self.total - self.done)
-        log.info(
-            "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs, query %.1fs [%d/%d, ETA %s]",
-            row["strategy"],
-            row["trial"],
-            row["round"],
-            row["labeled"],
-            100 * row["test_accuracy"],
-            row["train_seconds"],
-            row["query_seconds"],
-            self.done,
-            self.total,
-            _duration(remaining),
-        )
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def run_experiment(

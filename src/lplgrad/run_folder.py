@@ -1,0 +1,74 @@
+"""The run folder (``--out``): checked before any data is loaded, then made ready for a fresh run,
+another slice of the same run, or ``--resume``; a folder holding another run is never overwritten."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from lplgrad.checkpoint import CHECKPOINT_DIR, load_checkpoint, repair_results
+from lplgrad.config import RunConfig, read_toml, resolve, to_toml, without_slice
+from lplgrad.errors import UserError
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_rows, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Fail before any data is loaded when the run folder cannot be created or written (creates nothing)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"the run folder {out_dir} is a file; choose another --out")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the run folder {out_dir}: {existing} is not a writable folder")
+
+
+def prepare_out_dir(
+    out_dir: Path, config: RunConfig, pairs: list[tuple[str, int]], resume: bool = False
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Make ``out_dir`` ready and return the checkpoints to resume from, by (strategy, trial).
+
+    - A new folder (or one where nothing finished yet) gets config.toml and starts fresh.
+    - ``resume``: the configuration must be the one in the folder (slice keys aside); results.jsonl
+      is repaired to agree with the checkpoints, and each (strategy, trial) continues after its
+      last finished round.
+    - Otherwise the folder may only be joined by another slice of the same run (other strategies
+      or trials, e.g. from another machine); anything else is refused, nothing is overwritten.
+    """
+    results = out_dir / RESULTS_FILE
+    checkpoints = (
+        {pair: state for pair in pairs if (state := load_checkpoint(out_dir, *pair)) is not None}
+        if out_dir.exists()
+        else {}
+    )
+    started = (results.exists() and results.stat().st_size > 0) or bool(list(out_dir.glob(f"{CHECKPOINT_DIR}/*.pt")))
+    if not started:
+        if resume:
+            log.info("nothing to resume in %s; starting the run", out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the run folder {out_dir}: {error.strerror or error}") from error
+        write_atomic(out_dir / CONFIG_FILE, to_toml(config))
+        return {}
+    config_file = out_dir / CONFIG_FILE
+    if not config_file.exists():
+        raise UserError(f"{out_dir} holds results but no {CONFIG_FILE}; choose a new --out")
+    earlier = without_slice(resolve(read_toml(config_file)))
+    differing = sorted(k for k, v in without_slice(config).items() if earlier.get(k) != v)
+    if differing:
+        what = "--resume with a changed configuration" if resume else "a run with a different configuration"
+        raise UserError(f"{out_dir} holds {what}: {', '.join(differing)} differ; choose a new --out")
+    if resume:
+        repair_results(out_dir, list(checkpoints.values()))
+        return checkpoints
+    done = {(row["strategy"], row["trial"]) for row in read_rows(results)} if results.exists() else set()
+    overlap = sorted(set(pairs) & (done | set(checkpoints)))
+    if overlap:
+        names = ", ".join(f"{s} trial {t}" for s, t in overlap[:4])
+        raise UserError(f"{out_dir} already holds results for {names}; add --resume to continue the run")
+    return {}
