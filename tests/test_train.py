@@ -1,0 +1,54 @@
+"""The training phase: how w_aux's ranking loss reaches (and stops reaching) the backbone, and the schedule."""
+
+import copy
+
+import pytest
+import torch
+
+from lplgrad.config import TrainConfig
+from lplgrad.models import LossPredictionModule, ResNet18
+from lplgrad.train import fit, make_optimizer
+from tests.conftest import make_dataset
+
+
+def models() -> tuple[ResNet18, LossPredictionModule]:
+    torch.manual_seed(0)
+    model = ResNet18(4, width=4)
+    return model, LossPredictionModule(model.feature_channels, hidden=8)
+
+
+def trained(epoch_loss: float, with_loss_module: bool) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    model, loss_module = models()
+    config = TrainConfig(epochs=3, batch_size=16, lr=0.05, epoch_loss=epoch_loss)
+    fit(model, make_dataset(), torch.arange(48), config, seed=3, loss_module=loss_module if with_loss_module else None)
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(loss_module.state_dict())
+
+
+def test_features_detached_from_the_start_leave_the_backbone_as_plain_cross_entropy_training() -> None:
+    """epoch_loss = 0: w_aux trains on detached features, so the backbone sees exactly the CE gradients
+    (same data order, same augmentations) and ends bit-for-bit where training without w_aux ends."""
+    plain, _ = trained(0.0, with_loss_module=False)
+    detached, loss_module_after = trained(0.0, with_loss_module=True)
+    for name, value in plain.items():
+        torch.testing.assert_close(detached[name], value, rtol=0, atol=0)
+    _, loss_module_before = models()
+    assert any(not torch.equal(loss_module_after[k], v) for k, v in loss_module_before.state_dict().items())
+
+
+def test_the_ranking_loss_shapes_the_backbone_until_the_detach_point() -> None:
+    plain, _ = trained(0.0, with_loss_module=False)
+    joint, _ = trained(1.0, with_loss_module=True)
+    assert not torch.equal(joint["stem.0.weight"], plain["stem.0.weight"])
+    assert not torch.equal(joint["stages.3.1.conv2.weight"], plain["stages.3.1.conv2.weight"])
+
+
+def test_milestones_are_fractions_of_the_epochs() -> None:
+    model, _ = models()
+    config = TrainConfig(epochs=10, lr=1.0, milestones=[0.5, 0.8], gamma=0.1)
+    optimizer, scheduler = make_optimizer([model], config)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1.0] * 5 + [0.1] * 3 + [0.01] * 2)
