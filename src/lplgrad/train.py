@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from lplgrad.config import TrainConfig
-from lplgrad.data import Dataset, augment_batch
+from lplgrad.data import Dataset, augment_batch, conv_layout
 from lplgrad.losses import loss_prediction_loss
 from lplgrad.models.output import split_output
 
@@ -78,7 +78,7 @@ def fit(
         total = torch.zeros((), device=device)
         for start in range(0, order.numel(), config.batch_size):
             batch = order[start : start + config.batch_size]
-            x = dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator))
+            x = conv_layout(dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator)))
             y = labels[batch]
             logits, features = split_output(model(x))
             per_sample = F.cross_entropy(logits, y, reduction="none")
