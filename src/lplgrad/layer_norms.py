@@ -42,9 +42,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 SquaredNorms = dict[str, Tensor]
 
-# Samples per grouped weight-gradient convolution. On the 2-core CPU (oneDNN), small groups
-# ran the ResNet-18 stage 1-2 convolutions 1.5-2x faster than one group per whole chunk.
-GROUPED_SAMPLES = 4
+# Per-sample weight gradients formed per grouped convolution: about 2^20 floats, at most 16 samples.
+# On the 2-core CPU (oneDNN) that was the fastest group size for every ResNet-18 layer measured:
+# 4-8 samples at 128x128 channels, 16 at 16x16; one group for a whole chunk ran 1.5-2x slower.
+GROUP_FLOATS, MAX_GROUP = 1 << 20, 16
 
 ConvRoute = Literal["materialize", "unfolded_ghost", "shifted_ghost"]
 
@@ -168,10 +169,11 @@ def conv2d_weight_norms(module: nn.Conv2d, a: Tensor, g: Tensor, route: ConvRout
     """||dW_i||^2 [B] from the input a [B, C, H, W] and output gradient g [B, p, Ho, Wo] by ``route``."""
     out_hw = (g.shape[2], g.shape[3])
     if route == "materialize":
+        group = max(1, min(MAX_GROUP, GROUP_FLOATS // module.weight.numel()))
         return torch.cat(
             [
                 conv2d_per_sample_grads(module, a_part, g_part).flatten(1).pow(2).sum(1)
-                for a_part, g_part in zip(a.split(GROUPED_SAMPLES), g.split(GROUPED_SAMPLES), strict=True)
+                for a_part, g_part in zip(a.split(group), g.split(group), strict=True)
             ]
         )
     flat_g = g.flatten(2)  # [B, p, T]
