@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
+from lplgrad import layer_norms
 from lplgrad.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
 from lplgrad.models import ResNet18
 
@@ -63,7 +64,12 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--reduction", default="layer_sum", choices=["layer_sum", "global"])
     parser.add_argument("--repeat", type=int, default=3, help="time each method this many times, keep the fastest")
+    parser.add_argument(
+        "--group", type=int, default=0, help="samples per grouped weight-gradient convolution (0: the library's rule)"
+    )
     args = parser.parse_args()
+    if args.group:  # the rule was tuned on the CPU; a GPU may want whole chunks per launch
+        layer_norms.GROUP_FLOATS, layer_norms.MAX_GROUP = 1 << 62, args.group
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False

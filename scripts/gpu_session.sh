@@ -23,6 +23,11 @@ check)
     python3 -m pytest -q -m gpu tests/test_gradnorm.py 2>&1 | tee "$out/pytest-gpu.txt"
     python3 bench/gradnorm.py --device cuda --n 1024 --loop-n 128 | tee "$out/bench-cuda.txt"
     python3 bench/gradnorm.py --device cuda --n 1024 --loop-n 128 --reduction global | tee -a "$out/bench-cuda.txt"
+    # The grouped weight-gradient size was tuned on the CPU; on a GPU larger groups mean fewer launches.
+    for group in 64 1024; do
+        python3 bench/gradnorm.py --device cuda --n 1024 --loop-n 16 --group $group | tee -a "$out/bench-cuda.txt"
+    done
+    python3 bench/layout.py --device cuda --batch 128 | tee "$out/bench-layout-cuda.txt"
     ;;
 cifar10-high)
     seconds=${2:?give the seconds to run}
