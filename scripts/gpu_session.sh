@@ -2,7 +2,7 @@
 # The GPU work of issues 3 and 4, ready for a session whose task is lent a device machine.
 #
 # Once, here, in the repository root (the CIFAR-10 JPEG folder travels as an ignored, carried folder):
-#     mkdir -p .data && cp ../shared/datasets/cifar10-jpeg.tar.gz .data/ && echo /.data/ >> .git/info/exclude
+#     mkdir -p .data && cp ../shared/datasets/cifar10-jpeg.tar.gz .data/      # .data/ is git-ignored
 # Then, with the device tool (its python3 already has torch, torchvision, scikit-learn, matplotlib, tqdm):
 #     run(command="bash scripts/gpu_session.sh check", carry=[".data"])
 #     run(command="bash scripts/gpu_session.sh cifar10-high 560", carry=[".data"])   # again to go on: --resume
