@@ -11,7 +11,6 @@ channels_last / NCHW. ``lplgrad.data.conv_layout`` follows what this shows per d
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
@@ -19,19 +18,7 @@ from torch.nn import functional as F
 
 from lplgrad.models import LossPredictionModule, ResNet18
 
-
-def fastest(device: torch.device, methods: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    best = dict.fromkeys(methods, float("inf"))
-    for _ in range(repeat):
-        for name, method in methods.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            method()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+from timing import fastest  # bench/timing.py, beside this script
 
 
 def per_image_ms(width: int, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
