@@ -77,7 +77,8 @@ def test_flags_override_a_preset(tmp_path) -> None:  # type: ignore[no-untyped-d
     ]
     assert main(args) == 0
     config = cfg.resolve(cfg.read_toml(out / "config.toml"))
-    assert config.data.name == "digits" and config.active.budget == 30 and config.train.lr == 0.05
+    assert config.data.name == "digits" and config.active.budget == 30
+    assert config.train.lr == 0.1  # the preset's pinned CIFAR learning rate, not the digits default
 
 
 def test_rounds_flag_wins_over_a_preset_budget() -> None:
@@ -88,3 +89,18 @@ def test_rounds_flag_wins_over_a_preset_budget() -> None:
     assert (active.rounds, active.budget) == (1, 0)
     args = build_parser().parse_args(["run", "--preset", "cifar10-high", "--out", "x"])
     assert config_from_args(args).active.budget == 10000
+
+
+@pytest.mark.parametrize("name", [n for n in cfg.list_presets() if n != "cifar10-cpu"])
+def test_paper_presets_pin_their_datasets_training_settings(name: str) -> None:
+    """A paper preset keeps the paper's training settings when its images come from elsewhere,
+    e.g. CIFAR-10 as an image folder (which would otherwise take the imagefolder defaults)."""
+    from lplgrad.cli import build_parser, config_from_args
+
+    values = cfg.read_preset(name)
+    defaults = cfg.DATASET_DEFAULTS[cfg.dataset_family(values["data.name"])]
+    pinned = {k: v for k, v in defaults.items() if k.startswith("train.")}
+    assert {k: values[k] for k in pinned} == pinned
+    args = build_parser().parse_args(["run", "--preset", name, "--dataset", "imagefolder:/some/copy", "--out", "x"])
+    train = config_from_args(args).train
+    assert {f"train.{k}": getattr(train, k) for k in ("epochs", "lr", "batch_size", "milestones")} == pinned
