@@ -41,6 +41,7 @@ def test_set_coerces_lists_and_ints_to_floats() -> None:
         ({"data.download": "yes"}, "data.download expects bool"),
         ({"active.query": 0}, "active.query must be >= 1"),
         ({"train.epochs": 0}, "train.epochs must be >= 1"),
+        ({"train.batch_size": 1}, "train.batch_size must be >= 2"),
         ({"active.reduction": "max"}, "layer_sum or global"),
         ({"active.budget": 10, "active.initial": 20}, "smaller than the initial set"),
         ({"device": "tpu"}, "device must be"),

@@ -1,6 +1,7 @@
 """The training phase: how w_aux's ranking loss reaches (and stops reaching) the backbone, and the schedule."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -52,3 +53,12 @@ def test_milestones_are_fractions_of_the_epochs() -> None:
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([1.0] * 5 + [0.1] * 3 + [0.01] * 2)
+
+
+def test_a_last_batch_of_one_image_is_skipped() -> None:
+    """33 images in batches of 16 leave one image: on 8x8 inputs ResNet-18's last stage is 1x1, where
+    BatchNorm cannot normalize a single sample; the epoch must still train on the other 32."""
+    model, loss_module = models()
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.05)
+    loss = fit(model, make_dataset(), torch.arange(33), config, seed=0, loss_module=loss_module)
+    assert math.isfinite(loss) and loss > 0

@@ -279,6 +279,8 @@ def validate(config: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"{key} must be >= 1, got {value}")
+    if config.train.batch_size < 2:  # BatchNorm batch statistics and the ranking loss's pairs need two
+        raise UserError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
     if config.train.lr <= 0:
         raise UserError(f"train.lr must be > 0, got {config.train.lr}")
     if config.active.trial_offset < 0:

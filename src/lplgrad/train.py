@@ -75,9 +75,13 @@ def fit(
     show = progress and sys.stderr.isatty()
     for epoch in tqdm(range(config.epochs), desc=description, disable=not show, leave=False):
         order = labeled[torch.randperm(labeled.numel(), generator=order_generator).to(device)]
-        total = torch.zeros((), device=device)
+        total, seen = torch.zeros((), device=device), 0
         for start in range(0, order.numel(), config.batch_size):
             batch = order[start : start + config.batch_size]
+            if batch.numel() == 1:
+                # A last batch of one image: BatchNorm cannot take batch statistics of one sample on small
+                # feature maps, and the ranking loss has no pair. Skipped; the next epoch reshuffles.
+                continue
             x = conv_layout(dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator)))
             y = labels[batch]
             logits, features = split_output(model(x))
@@ -94,8 +98,9 @@ def fit(
             loss.backward()
             optimizer.step()
             total += loss.detach() * batch.numel()
+            seen += batch.numel()
         scheduler.step()
-        epoch_loss = float(total) / order.numel()  # one sync per epoch, also the NaN check
+        epoch_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
         if not math.isfinite(epoch_loss):
             raise TrainingDiverged(epoch)
     return epoch_loss
