@@ -54,7 +54,7 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--initial", type=int, help="size of the random initial labeled set (B)")
     run.add_argument("--query", type=int, help="images labeled per round")
     stop = run.add_mutually_exclusive_group()
-    stop.add_argument("--rounds", type=int, help="training rounds (rounds - 1 queries)")
+    stop.add_argument("--rounds", type=int, help="training rounds (rounds - 1 queries); overrides a preset's budget")
     stop.add_argument("--budget", type=int, help="final labeled-set size (A); overrides rounds")
     run.add_argument("--subset", type=int, help="random unlabeled candidates scored per round (R)")
     run.add_argument("--epochs", type=int, help="training epochs per round")

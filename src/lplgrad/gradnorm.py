@@ -255,9 +255,9 @@ def _probe(model: nn.Module, example: Tensor) -> _Probe:
         first = call.args[0] if call.args and isinstance(call.args[0], Tensor) else call.output
         kept += 2 * (first.numel() + call.output.numel())  # input, output, and autograd's saved copies
         if isinstance(call.module, nn.Conv2d):
-            in_hw, out_hw = tuple(first.shape[-2:]), tuple(call.output.shape[-2:])
+            in_hw, out_hw = (first.shape[-2], first.shape[-1]), (call.output.shape[-2], call.output.shape[-1])
             if conv2d_supported(call.module):
-                work = max(work, conv2d_work_floats(call.module, in_hw, out_hw))  # type: ignore[arg-type]
+                work = max(work, conv2d_work_floats(call.module, in_hw, out_hw))
             else:  # the torch.func fallback materializes per-sample weight gradients
                 work = max(work, call.module.weight.numel())
     return _Probe(exact and batchable(model), 4 * (kept + 2 * work))
