@@ -19,6 +19,7 @@ def test_lists(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "digits" in list_datasets()
 
 
+@pytest.mark.determinism
 def test_run_end_to_end_on_digits(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "run"
     code = main(

@@ -94,6 +94,7 @@ def test_initial_sets_are_shared_across_strategies_and_differ_across_trials(monk
     assert not torch.equal(by_trial[0][0], by_trial[1][0])
 
 
+@pytest.mark.determinism
 def test_same_seed_same_results() -> None:
     config = small_config(**{"active.trials": 1, "active.strategies": ["entropy"]})
     a = run_experiment(config, dataset=make_dataset())
@@ -139,3 +140,19 @@ def test_slices_of_one_run_share_a_folder(tmp_path) -> None:  # type: ignore[no-
             tmp_path,
             dataset=make_dataset(),
         )
+
+
+def test_a_run_leaves_torch_global_state_as_it_found_it() -> None:
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    config = small_config(**{"active.trials": 1, "active.strategies": ["random"], "deterministic": True})
+    run_experiment(config, dataset=make_dataset())
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.equal(torch.rand(3), expected_draw)  # the global generator was not reseeded
+
+
+def test_deterministic_refuses_channels_last_on_the_cpu() -> None:
+    config = small_config(**{"deterministic": True, "train.channels_last": True})
+    with pytest.raises(UserError, match="channels_last is not bit-reproducible on CPUs"):
+        run_experiment(config, dataset=make_dataset())

@@ -43,6 +43,9 @@ RUN = [
     "300",
 ]
 
+# Also run by README's test command under AVX2 kernels (pytest -m determinism), see pyproject.toml.
+pytestmark = pytest.mark.determinism
+
 
 def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows without the wall-clock fields, in a fixed order."""

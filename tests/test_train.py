@@ -11,6 +11,9 @@ from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.train import fit, make_optimizer
 from tests.conftest import make_dataset
 
+# Also run by README's test command under AVX2 kernels (pytest -m determinism), see pyproject.toml.
+pytestmark = pytest.mark.determinism
+
 
 def models() -> tuple[ResNet18, LossPredictionModule]:
     torch.manual_seed(0)
@@ -62,3 +65,20 @@ def test_a_last_batch_of_one_image_is_skipped() -> None:
     config = TrainConfig(epochs=2, batch_size=16, lr=0.05)
     loss = fit(model, make_dataset(), torch.arange(33), config, seed=0, loss_module=loss_module)
     assert math.isfinite(loss) and loss > 0
+
+
+def test_one_channel_batches_reach_the_model_in_nchw_strides() -> None:
+    """A [B, 1, H, W] crop leaves augmentation with strides that are also channels_last; convolutions
+    would then take oneDNN's channels_last kernels, which are not reproducible on AVX2 CPUs."""
+    from lplgrad.data import augment_batch, conv_layout
+
+    dataset = make_dataset()
+    gray = dataset.train.images[:8, :1]
+    augmented = augment_batch(gray, dataset.augment, torch.Generator().manual_seed(0))
+    assert augmented.is_contiguous(memory_format=torch.channels_last)  # the trap
+    batch = dataset.normalize(augmented)
+    assert batch.stride() == torch.empty(batch.shape).stride()
+    assert conv_layout(batch, channels_last=False) is batch
+    assert conv_layout(dataset.normalize(dataset.train.images[:8]), channels_last=True).is_contiguous(
+        memory_format=torch.channels_last
+    )

@@ -74,7 +74,8 @@ def _run_parser(sub: Any) -> None:
         "--deterministic",
         action="store_true",
         default=None,
-        help="use only deterministic torch algorithms (bit-reproducible on GPU, slower)",
+        help="deterministic torch kernels: makes GPU runs repeatable (slower); CPU runs are bit-identical "
+        "without it, and it refuses train.channels_last there",
     )
     run.add_argument("--config", type=Path, help="TOML file of settings (e.g. a previous run's config.toml)")
     run.add_argument(

@@ -8,7 +8,7 @@ Python work, following airbench's data handling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -54,6 +54,8 @@ class Dataset:
     std: tuple[float, ...]
     augment: Augment
     skipped_files: tuple[str, ...] = ()  # files of an image folder that could not be decoded
+    _mean: Tensor = field(init=False, repr=False, compare=False)  # [1, C, 1, 1] on the data's device
+    _std: Tensor = field(init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -67,23 +69,34 @@ class Dataset:
     def to(self, device: torch.device | str) -> Dataset:
         return replace(self, train=self.train.to(device), test=self.test.to(device))
 
+    def __post_init__(self) -> None:
+        # Built once here rather than per batch.
+        device = self.train.images.device
+        object.__setattr__(self, "_mean", torch.tensor(self.mean, device=device).view(1, -1, 1, 1))
+        object.__setattr__(self, "_std", torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+
     def normalize(self, images: Tensor) -> Tensor:
-        """uint8 [B, C, H, W] -> float32 normalized with the dataset's mean/std."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        """uint8 [B, C, H, W] -> float32 normalized with the dataset's mean/std, in plain NCHW strides.
+
+        The explicit memory format matters for one-channel images: a [B, 1, H, W] batch whose
+        strides are also channels_last (as batched augmentation leaves it) counts as contiguous,
+        so ``.contiguous()`` keeps it, and convolutions would then pick channels_last kernels.
+        """
+        x = images.to(torch.float32, memory_format=torch.contiguous_format)
+        return (x / 255.0 - self._mean.to(x.device)) / self._std.to(x.device)
 
 
-def conv_layout(batch: Tensor) -> Tensor:
-    """A [B, C, H, W] batch in the memory layout the device's convolutions run fastest on.
+def conv_layout(batch: Tensor, channels_last: bool) -> Tensor:
+    """A [B, C, H, W] batch in NCHW, or in channels_last when asked (``train.channels_last``).
 
-    On the CPU that is channels_last: with oneDNN a ResNet-18 training step took 0.67-0.98x
-    the NCHW time and an eval forward 0.85-1.03x (bench/layout.py on 2 cores, widths 16 and
-    64, batches 64-512; narrow nets and large batches gain most). On GPUs the batch is left
-    as it is until that has been measured there. The gradient-norm engine keeps NCHW: its
-    per-layer rules would have to copy channels_last tensors back.
+    NCHW (as ``Dataset.normalize`` returns it) is the default because it is bit-reproducible on
+    every CPU: oneDNN's channels_last
+    weight gradient of a 1x1 stride-2 convolution with 4 input channels (the shortcut of a
+    width-4 ResNet-18) reads memory it should not on AVX2 CPUs, so two identical steps give
+    different gradients, and on some inputs crash or hang (scripts/onednn_channels_last_repro.py).
+    channels_last is opt-in for speed where it has been measured (bench/layout.py).
     """
-    if batch.device.type == "cpu" and batch.dim() == 4:
+    if channels_last and batch.dim() == 4:
         return batch.contiguous(memory_format=torch.channels_last)
     return batch
 

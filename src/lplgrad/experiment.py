@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
 from lplgrad.progress import RoundLogger
+from lplgrad.reproducibility import deterministic_algorithms
 from lplgrad.results import RESULTS_FILE, append_row, storage_error, write_atomic
 from lplgrad.run_folder import check_out_dir, prepare_out_dir
 from lplgrad.strategies import QueryContext, Strategy, create_strategy, strategy_class
@@ -78,9 +78,10 @@ def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.d
     """Seeded ResNet-18 (stem by image size) and its loss prediction module, on ``device``."""
     channels, height, _ = dataset.image_shape
     stem = config.model.stem if config.model.stem != "auto" else ("cifar" if height <= 64 else "imagenet")
-    torch.manual_seed(seed)
-    model = ResNet18(dataset.num_classes, channels, config.model.width, stem)  # type: ignore[arg-type]
-    loss_module = LossPredictionModule(model.feature_channels, config.model.loss_module_hidden)
+    with torch.random.fork_rng(devices=[]):  # seeds the initialization without touching the caller's generator
+        torch.manual_seed(seed)
+        model = ResNet18(dataset.num_classes, channels, config.model.width, stem)  # type: ignore[arg-type]
+        loss_module = LossPredictionModule(model.feature_channels, config.model.loss_module_hidden)
     return model.to(device), loss_module.to(device)
 
 
@@ -250,11 +251,20 @@ def run_experiment(
     if out_dir is not None:
         check_out_dir(out_dir)
     device = resolve_device(config.device)
-    if config.deterministic:
-        # Bit-reproducible GPU runs: deterministic kernels only (an op without one raises), no autotuning.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    if config.deterministic and config.train.channels_last and device.type == "cpu":
+        raise UserError("train.channels_last is not bit-reproducible on CPUs (oneDNN); drop it or drop --deterministic")
+    with deterministic_algorithms(config.deterministic):
+        return _run_trials(config, out_dir, dataset, progress, resume, device)
+
+
+def _run_trials(
+    config: RunConfig,
+    out_dir: Path | None,
+    dataset: Dataset | None,
+    progress: bool,
+    resume: bool,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     dataset = (dataset or load_dataset(config.data)).to(device)
     pool_size = len(dataset.train)
     active = config.active

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from lplgrad.data import Dataset, conv_layout
+from lplgrad.data import Dataset
 from lplgrad.models.output import penultimate, split_output
 
 
@@ -49,7 +49,7 @@ def predict(
     out: dict[str, list[Tensor]] = {"logits": [], "predicted_loss": [], "embeddings": []}
     with eval_mode(model, loss_module):
         for x in batches(images, indices, dataset, batch_size):
-            logits, features = split_output(model(conv_layout(x)))
+            logits, features = split_output(model(x))
             out["logits"].append(logits.float())
             if loss_module is not None or embeddings:
                 if features is None:

@@ -82,7 +82,8 @@ def fit(
                 # A last batch of one image: BatchNorm cannot take batch statistics of one sample on small
                 # feature maps, and the ranking loss has no pair. Skipped; the next epoch reshuffles.
                 continue
-            x = conv_layout(dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator)))
+            x = dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator))
+            x = conv_layout(x, config.channels_last)
             y = labels[batch]
             logits, features = split_output(model(x))
             per_sample = F.cross_entropy(logits, y, reduction="none")
