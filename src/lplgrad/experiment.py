@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lplgrad import artifacts
 from lplgrad.artifacts import artifact_rounds
-from lplgrad.checkpoint import checkpoint_path, save_atomic
+from lplgrad.checkpoint import checkpoint_path, save_checkpoint
 from lplgrad.config import RunConfig
 from lplgrad.data import Dataset
 from lplgrad.datasets import load_dataset
@@ -32,8 +32,8 @@ from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
 from lplgrad.progress import RoundLogger
 from lplgrad.reproducibility import deterministic_algorithms
-from lplgrad.results import RESULTS_FILE, append_row, storage_error, write_atomic
-from lplgrad.run_folder import check_out_dir, prepare_out_dir
+from lplgrad.results import RESULTS_FILE, append_row, write_atomic
+from lplgrad.run_folder import check_out_dir, hold_run_folder, prepare_out_dir
 from lplgrad.strategies import QueryContext, Strategy, create_strategy, strategy_class
 from lplgrad.train import TrainingDiverged, fit
 
@@ -151,7 +151,8 @@ def run_strategy(
         if "model" in resume:
             model.load_state_dict(resume["model"])
             loss_module.load_state_dict(resume["loss_module"])
-    rows = []
+    rows: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(resume["rows"]) if resume is not None else []  # for the checkpoint
     for round_index in range(first_round, len(sizes)):
         size = sizes[round_index]
         if round_index > 0 and not config.train.warm_start:
@@ -219,23 +220,17 @@ def run_strategy(
             "device": str(device),
         }
         if out_dir is not None:
-            state: dict[str, Any] = {"round": round_index, "labeled_at": pool.labeled_at.clone(), "row": row}
+            history.append(row)
+            state: dict[str, Any] = {"round": round_index, "labeled_at": pool.labeled_at.clone(), "rows": history}
             if not last:  # weights are only needed to continue
                 state["model"] = model.state_dict()
                 state["loss_module"] = loss_module.state_dict()
-            save_atomic(checkpoint_path(out_dir, strategy.name, trial), state)
-            append_results(out_dir / RESULTS_FILE, row)
+            save_checkpoint(checkpoint_path(out_dir, strategy.name, trial), state)
+            append_row(out_dir / RESULTS_FILE, row)
         if on_row is not None:
             on_row(row)
         rows.append(row)
     return rows
-
-
-def append_results(path: Path, row: dict[str, Any]) -> None:
-    try:
-        append_row(path, row)
-    except OSError as error:
-        raise storage_error(path, error) from error
 
 
 def run_experiment(
@@ -253,7 +248,7 @@ def run_experiment(
     device = resolve_device(config.device)
     if config.deterministic and config.train.channels_last and device.type == "cpu":
         raise UserError("train.channels_last is not bit-reproducible on CPUs (oneDNN); drop it or drop --deterministic")
-    with deterministic_algorithms(config.deterministic):
+    with hold_run_folder(out_dir), deterministic_algorithms(config.deterministic):
         return _run_trials(config, out_dir, dataset, progress, resume, device)
 
 

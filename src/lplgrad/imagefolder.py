@@ -23,7 +23,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from lplgrad.checkpoint import save_atomic
 from lplgrad.errors import UserError
+from lplgrad.results import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +173,8 @@ def decode_folder(
     empty = [classes[c] for c in range(len(classes)) if not (label_tensor == c).any()]
     if empty:
         log.warning("class folder(s) with no readable image: %s", ", ".join(empty))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    torch.save({"images": images, "labels": label_tensor, "skipped": skipped}, tmp)
-    os.replace(tmp, cache_file)
+    try:  # a unique temporary name and a rename: two runs decoding this folder at once never collide
+        save_atomic(cache_file, {"images": images, "labels": label_tensor, "skipped": skipped})
+    except StorageError as error:
+        log.warning("the decoded images are not cached (%s); the next run decodes them again", error.strerror)
     return FolderImages(images, label_tensor, classes, skipped)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -13,32 +16,88 @@ RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.toml"
 
 
+REQUIRED_KEYS = ("strategy", "trial", "round", "labeled", "test_accuracy")
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None: results.jsonl must be strict JSON, and
+    a NaN there means "undefined" (e.g. the accuracy of a class with no test images)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def row_line(row: dict[str, Any]) -> str:
+    """One row as a line of strict JSON (NaN written as null)."""
+    return json.dumps(finite_or_null(row), separators=(",", ":"), allow_nan=False) + "\n"
+
+
 def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one row and fsync, so a finished round survives a crash right after it."""
-    line = json.dumps(row, separators=(",", ":"), allow_nan=True) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    line = row_line(row)
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise storage_error(path, error) from error
+
+
+@dataclass
+class ResultsFile:
+    """The rows of a results file, and the numbers of the lines that are not rows."""
+
+    rows: list[dict[str, Any]]
+    bad_lines: list[int]  # 1-based; a torn last line (a crash mid-write) is not counted
+
+
+def parse_row(line: str) -> dict[str, Any] | None:
+    """One line as a results row, or None when it is not one (blank, not JSON, missing keys)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or any(key not in row for key in REQUIRED_KEYS):
+        return None
+    return row
+
+
+def read_results(path: Path) -> ResultsFile:
+    """Every valid row of a results file; other lines are numbered in ``bad_lines``."""
+    rows, bad = [], []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith("\n"):
+                    break  # torn by a crash mid-append; resume cuts it
+                row = parse_row(line)
+                if row is None:
+                    bad.append(number)
+                else:
+                    rows.append(row)
+    except OSError as error:
+        raise storage_error(path, error, reading=True) from error
+    return ResultsFile(rows, bad)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """All complete rows of a results file; a torn last line (a crash mid-write) is ignored."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break
-            rows.append(json.loads(line))
-    return rows
+    """All valid rows of a results file (see ``read_results`` for the lines that are not)."""
+    return read_results(path).rows
 
 
 class StorageError(OSError):
     """Writing the run folder failed (e.g. disk full); what was there before is still valid."""
 
 
-def storage_error(path: Path, error: OSError) -> StorageError:
-    reason = "the disk is full" if error.errno == errno.ENOSPC else str(error)
+def storage_error(path: Path, error: OSError, reading: bool = False) -> StorageError:
+    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    if reading:
+        return StorageError(error.errno, f"cannot read {path}: {reason}")
     return StorageError(
         error.errno,
         f"cannot write {path}: {reason}; the run folder still holds its last finished round "
@@ -48,11 +107,17 @@ def storage_error(path: Path, error: OSError) -> StorageError:
 
 def write_atomic_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temporary file in the same folder, fsync, rename over ``path``:
-    a kill at any instant leaves either the old file or the new one, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    a kill at any instant leaves either the old file or the new one, never a half-written one.
+    The temporary name is unique, so two processes writing the same path never share it; it is
+    removed on any failure (a full disk, an interrupt), so it cannot keep the disk full."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "wb") as handle:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(tmp, "xb")  # noqa: SIM115 (closed below, after fsync)
+    except OSError as error:
+        raise storage_error(path, error) from error
+    try:
+        with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -60,6 +125,9 @@ def write_atomic_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise storage_error(path, error) from error
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -3,8 +3,11 @@ another slice of the same run, or ``--resume``; a folder holding another run is 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,48 @@ def check_out_dir(out_dir: Path) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot create the run folder {out_dir}: {existing} is not a writable folder")
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def hold_run_folder(out_dir: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while inside, so two runs never write one folder.
+
+    The lock is an advisory ``flock`` on DIR/.lock (released by the kernel when the process
+    dies, so a killed run never leaves a stale lock); the file holds the holder's pid for the
+    error message. A folder this call had to create is removed again if nothing else was put in
+    it (e.g. the data failed to load).
+    """
+    if out_dir is None:
+        yield
+        return
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until the run ends)
+    except OSError as error:
+        raise UserError(f"cannot create the run folder {out_dir}: {error.strerror or error}") from error
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UserError(
+                f"{out_dir} is in use by another lplgrad run (pid {holder}); wait for it to end or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:
+                (out_dir / LOCK_FILE).unlink()
+                out_dir.rmdir()
 
 
 def prepare_out_dir(
@@ -64,7 +109,9 @@ def prepare_out_dir(
         what = "--resume with a changed configuration" if resume else "a run with a different configuration"
         raise UserError(f"{out_dir} holds {what}: {', '.join(differing)} differ; choose a new --out")
     if resume:
-        repair_results(out_dir, list(checkpoints.values()))
+        with_rows = {(r["strategy"], r["trial"]) for r in read_rows(results)} if results.exists() else set()
+        restarting = sorted(p for p in pairs if p in with_rows and p not in checkpoints)
+        repair_results(out_dir, checkpoints, restarting)
         return checkpoints
     done = {(row["strategy"], row["trial"]) for row in read_rows(results)} if results.exists() else set()
     overlap = sorted(set(pairs) & (done | set(checkpoints)))
