@@ -1,7 +1,6 @@
 """Crash safety: kills, interrupts, diverging training and failing writes lose nothing and resume exactly."""
 
 import errno
-import json
 import os
 import random
 import signal
@@ -16,7 +15,7 @@ import torch
 
 from lplgrad import config as cfg
 from lplgrad import train
-from lplgrad.checkpoint import checkpoint_path, load_checkpoint
+from lplgrad.checkpoint import load_checkpoint
 from lplgrad.cli import main
 from lplgrad.errors import UserError
 from lplgrad.experiment import TrialsFailed, run_experiment

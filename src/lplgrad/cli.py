@@ -1,9 +1,10 @@
-"""Command line: ``lplgrad run | demo | strategies | datasets``. Only this module prints."""
+"""Command line: ``lplgrad run | demo | report | strategies | presets | datasets``. Only this module prints."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,9 +41,17 @@ FLAG_KEYS = {
 }
 
 
+def folder(text: str) -> Path:
+    """An --out value: a folder path, never the empty string (which would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expects a folder path, got an empty string")
+    return Path(text)
+
+
 def _run_parser(sub: Any) -> None:
     run = sub.add_parser(
         "run",
+        allow_abbrev=False,
         help="run an active learning experiment",
         description="Run trials x strategies x rounds and write DIR/results.jsonl.",
     )
@@ -85,26 +94,30 @@ def _run_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set train.lr=0.01 (repeatable)",
     )
-    run.add_argument("--out", type=Path, required=True, help="output folder (config.toml, results.jsonl)")
+    run.add_argument("--out", type=folder, required=True, help="output folder (config.toml, results.jsonl)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lplgrad",
+        allow_abbrev=False,
         description="Deep active learning for image classification: LPLgrad and its baselines.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    demo = sub.add_parser("demo", help="quick start: lplgrad vs entropy vs random on the bundled digits")
-    demo.add_argument("--out", type=Path, help="also write config.toml and results.jsonl here")
+    demo = sub.add_parser(
+        "demo", allow_abbrev=False, help="quick start: lplgrad vs entropy vs random on the bundled digits"
+    )
+    demo.add_argument("--out", type=folder, help="also write config.toml and results.jsonl here")
     report = sub.add_parser(
         "report",
+        allow_abbrev=False,
         help="tables and figures of one or more results folders",
         description="Write report.md and PNG figures from DIR/results.jsonl (merging slices).",
     )
     report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="results folders of one run")
-    report.add_argument("--out", type=Path, help="where report.md and figures go (default: the first DIR)")
+    report.add_argument("--out", type=folder, help="where report.md and figures go (default: the first DIR)")
     sub.add_parser("strategies", help="list the registered query strategies")
     sub.add_parser("presets", help="list the shipped experiment presets (the paper's Table II and more)")
     sub.add_parser("datasets", help="list the dataset names")
@@ -142,8 +155,24 @@ def demo_config() -> cfg.RunConfig:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt so the same cleanup runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
@@ -174,14 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     except (TrialsFailed, StorageError) as error:
         print(f"lplgrad: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         out = getattr(args, "out", None)
         if args.command == "run" and out is not None:
             hint = f"; continue with: lplgrad run --config {out / 'config.toml'} --out {out} --resume"
         else:
             hint = ""
-        print(f"lplgrad: interrupted: every finished round is saved{hint}", file=sys.stderr)
-        return 130
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"lplgrad: {what}: every finished round is saved{hint}", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130  # 128 + the signal's number, as a shell reports it
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ config.toml, and that file can be passed back with ``--config``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -221,6 +222,12 @@ def read_toml(path: Path) -> dict[str, Any]:
             return flatten(tomllib.load(handle))
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; give a .toml file (e.g. DIR/config.toml)") from None
+    except OSError as error:
+        raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text (TOML files must be)") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"config file {path} is not valid TOML: {error}") from None
 
@@ -282,8 +289,22 @@ def validate(config: RunConfig) -> None:
             raise UserError(f"{key} must be >= 1, got {value}")
     if config.train.batch_size < 2:  # BatchNorm batch statistics and the ranking loss's pairs need two
         raise UserError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
-    if config.train.lr <= 0:
-        raise UserError(f"train.lr must be > 0, got {config.train.lr}")
+    _check_training_numbers(config.train)
+    if config.model.loss_module_hidden < 1:
+        raise UserError(f"model.loss_module_hidden must be >= 1, got {config.model.loss_module_hidden}")
+    if config.active.initial < 2:  # a batch of one is skipped in training (BatchNorm), so one image trains nothing
+        raise UserError(f"active.initial must be >= 2 (training needs two labeled images), got {config.active.initial}")
+    if config.active.subset < config.active.query:
+        raise UserError(
+            f"active.subset ({config.active.subset}) must be >= active.query ({config.active.query}): "
+            "each query picks from the scored candidates"
+        )
+    duplicates = sorted({s for s in config.active.strategies if config.active.strategies.count(s) > 1})
+    if duplicates:
+        raise UserError(f"active.strategies lists {', '.join(duplicates)} more than once")
+    last_seed = config.seed + config.active.trial_offset + config.active.trials - 1
+    if config.seed < 0 or last_seed >= 2**32:  # seeds are 32-bit words of the seed sequence
+        raise UserError(f"seed must be in [0, 2**32) for every trial (seed + trial), got {config.seed}")
     if config.active.trial_offset < 0:
         raise UserError(f"active.trial_offset must be >= 0, got {config.active.trial_offset}")
     if config.active.budget < 0:
@@ -305,6 +326,21 @@ def validate(config: RunConfig) -> None:
     for fraction in [*config.train.milestones, config.train.epoch_loss]:
         if not 0 <= fraction <= 1:
             raise UserError(f"train.milestones and train.epoch_loss are fractions of the epochs, got {fraction}")
+
+
+def _check_training_numbers(train: TrainConfig) -> None:
+    """Optimizer settings that would train on NaN, diverge by construction, or mean nothing."""
+    checks = [
+        ("train.lr", train.lr, 0 < train.lr < math.inf, "> 0 and finite"),
+        ("train.momentum", train.momentum, 0 <= train.momentum < 1, "in [0, 1)"),
+        ("train.weight_decay", train.weight_decay, 0 <= train.weight_decay < math.inf, ">= 0 and finite"),
+        ("train.gamma", train.gamma, 0 <= train.gamma < math.inf, ">= 0 and finite"),
+        ("train.margin", train.margin, 0 <= train.margin < math.inf, ">= 0 and finite"),
+        ("train.loss_weight", train.loss_weight, 0 <= train.loss_weight < math.inf, ">= 0 and finite"),
+    ]
+    for key, value, ok, rule in checks:
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise UserError(f"{key} must be {rule}, got {value}")
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -47,11 +47,35 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LPLGRAD_CACHE", Path.home() / ".cache" / "lplgrad"))
 
 
+def _is_hidden(path: Path, root: Path) -> bool:
+    """A name starting with "." anywhere below ``root`` (macOS ``._x.jpg``, ``.git``, ``...``)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _loops_back(folder: Path, root: Path) -> bool:
+    """A folder (a symlink, typically) that is ``root`` itself or one of its ancestors: scanning it
+    would count every image again, under a new class."""
+    real, real_root = folder.resolve(), root.resolve()
+    return real == real_root or real in real_root.parents
+
+
 def scan(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    """Image files under ``root/<class>/`` (sorted), their class index, and the class names."""
+    """Image files under ``root/<class>/`` (sorted), their class index, and the class names.
+
+    Hidden entries (names starting with ".") are skipped, folders and files alike; a class folder
+    that leads back to the root is skipped; a file reached twice (through a symlink) counts once,
+    in the first class (by sorted name) that reaches it. Each kind of skip is logged with a count.
+    """
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist or is not a directory")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    entries = sorted(root.iterdir())
+    hidden = [d.name for d in entries if d.name.startswith(".")]
+    looping = [d.name for d in entries if not d.name.startswith(".") and d.is_dir() and _loops_back(d, root)]
+    found = [d.name for d in entries if d.is_dir() and d.name not in hidden and d.name not in looping]
+    if hidden:
+        log.warning("%s: skipped hidden entries %s", root, ", ".join(map(repr, hidden[:5])))
+    if looping:
+        log.warning("%s: skipped folder(s) that lead back to the folder itself: %s", root, ", ".join(looping))
     if classes is None:
         classes = found
     else:
@@ -60,13 +84,27 @@ def scan(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list
             raise UserError(f"{root} has classes the training split lacks: {', '.join(unknown)}")
     paths: list[Path] = []
     labels: list[int] = []
+    seen: set[Path] = set()
+    skipped = Counter[str]()
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
             continue
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        paths.extend(files)
-        labels.extend([label] * len(files))
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+                continue
+            if _is_hidden(path, folder):
+                skipped["hidden"] += 1
+                continue
+            real = path.resolve()
+            if real in seen:
+                skipped["reached twice through a symlink"] += 1
+                continue
+            seen.add(real)
+            paths.append(path)
+            labels.append(label)
+    for why, count in skipped.items():
+        log.warning("%s: skipped %d image file(s): %s", root, count, why)
     if not paths:
         raise UserError(f"no images found in {root} (expected {root}/<class>/<image>.jpg|png|...)")
     return paths, labels, classes
@@ -76,7 +114,8 @@ def _cache_key(paths: list[Path], root: Path, size: int) -> str:
     digest = hashlib.sha256(f"v1 size={size}".encode())
     for path in paths:
         stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # fsencode: a file name need not be valid UTF-8 (its bytes are kept as surrogates)
+        digest.update(os.fsencode(path.relative_to(root)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 

@@ -10,7 +10,9 @@ AUBC), paired differences to random with confidence intervals, the timing table
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +26,9 @@ from lplgrad.config import RunConfig, read_toml, resolve
 from lplgrad.errors import UserError
 from lplgrad.experiment import labeled_schedule
 from lplgrad.metrics import aubc, paired_difference
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_rows
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_results, write_atomic
+
+log = logging.getLogger(__name__)
 
 DATASET_FILE = "dataset.json"
 
@@ -44,7 +48,15 @@ def load(dirs: Iterable[Path]) -> Run:
         results = folder / RESULTS_FILE
         if not results.exists():
             raise UserError(f"{results} does not exist")
-        rows += read_rows(results)
+        found = read_results(results)
+        if found.bad_lines:
+            log.warning(
+                "%s: lines %s are not results rows; reporting the other %d",
+                results,
+                ", ".join(map(str, found.bad_lines)),
+                len(found.rows),
+            )
+        rows += found.rows
         if config is None and (folder / CONFIG_FILE).exists():
             config = resolve(read_toml(folder / CONFIG_FILE))
         if classes is None and (folder / DATASET_FILE).exists():
@@ -275,7 +287,13 @@ def write_report(dirs: list[Path], out_dir: Path | None = None) -> Path:
     """Write report.md and its figures into ``out_dir`` (default: the first folder)."""
     run = load(dirs)
     out_dir = out_dir or dirs[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".report-{os.getpid()}.probe"  # fail on a read-only folder before drawing anything
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write the report into {out_dir}: {error.strerror or error}") from None
     title = run.config.data.name if run.config else "run"
     trials = sorted({r["trial"] for r in run.rows})
     sections = [
@@ -317,5 +335,5 @@ def write_report(dirs: list[Path], out_dir: Path | None = None) -> Path:
         "",
     ]
     path = out_dir / "report.md"
-    path.write_text("\n".join(sections))
+    write_atomic(path, "\n".join(sections))
     return path

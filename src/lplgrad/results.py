@@ -132,4 +132,4 @@ def write_atomic_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Atomically replace a text file (see ``write_atomic_with``)."""
-    write_atomic_with(path, lambda handle: handle.write(text.encode("utf-8")))
+    write_atomic_with(path, lambda handle: handle.write(text.encode("utf-8", "surrogateescape")))

@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss, or the weights after training, became NaN or infinite."""
 
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"training loss is not finite at epoch {epoch + 1}; try a lower learning rate (train.lr)")
+    def __init__(self, epoch: int, what: str = "training loss is not finite at") -> None:
+        super().__init__(f"{what} epoch {epoch + 1}; try a lower learning rate (train.lr)")
         self.epoch = epoch
         self.round: int | None = None  # set by the experiment loop
 
@@ -104,4 +104,18 @@ def fit(
         epoch_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
         if not math.isfinite(epoch_loss):
             raise TrainingDiverged(epoch)
+    if not weights_healthy(modules):  # the loss is measured before each step, so the last step is checked here
+        raise TrainingDiverged(config.epochs - 1, f"weights are not finite or exceed {WEIGHT_LIMIT:g} after")
     return epoch_loss
+
+
+# No weight of a ResNet trained with weight decay comes near this (they stay within about 10);
+# a step with a learning rate of 1e9 lands at 5e9. Past it, a round is recorded as diverged.
+WEIGHT_LIMIT = 1e6
+
+
+def weights_healthy(modules: list[nn.Module]) -> bool:
+    """Every parameter finite and within WEIGHT_LIMIT, and every buffer finite; one host sync."""
+    checks = [p.abs().max() <= WEIGHT_LIMIT for m in modules for p in m.parameters()]  # False for NaN
+    checks += [torch.isfinite(b).all() for m in modules for b in m.buffers() if b.is_floating_point()]
+    return bool(torch.stack(checks).all())
