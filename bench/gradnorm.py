@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from lplgrad import layer_norms
-from lplgrad.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
 from lplgrad.models import ResNet18
+from lplgrad.scoring import layer_norms
+from lplgrad.scoring.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
 
 from timing import fastest  # bench/timing.py, beside this script
 

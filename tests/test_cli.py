@@ -5,13 +5,13 @@ import sys
 import pytest
 
 from lplgrad.cli import main
-from lplgrad.datasets import list_datasets
+from lplgrad.data.loaders import list_datasets
 from lplgrad.strategies import list_strategies
 
 TINY = ["--initial", "20", "--query", "15", "--rounds", "2", "--epochs", "2", "--width", "4", "--subset", "60"]
 
 
-def test_lists(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_lists(capsys) -> None:
     assert main(["strategies"]) == 0
     assert capsys.readouterr().out.split() == list_strategies()
     assert main(["datasets"]) == 0
@@ -20,7 +20,7 @@ def test_lists(capsys) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.determinism
-def test_run_end_to_end_on_digits(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_run_end_to_end_on_digits(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code = main(
         [
@@ -66,14 +66,14 @@ def test_run_end_to_end_on_digits(tmp_path, capsys) -> None:  # type: ignore[no-
         (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
         (["--set", "train.epochs=two"], "train.epochs expects int"),
         (["--budget", "5000"], "budget (5000) is larger than the training pool (1437 images)"),
-        (["--query", "0"], "active.query must be >= 1"),
+        (["--query", "0"], "active.query_size must be >= 1"),
         (["--initial", "2000"], "initial set (2000) is larger than the training pool"),
         (["--dataset", "cifar10", "--data-root", "/nonexistent"], "data root /nonexistent does not exist"),
         (["--dataset", "imagefolder:/nonexistent"], "image folder /nonexistent does not exist"),
         (["--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message) -> None:
     out = tmp_path / "out"
     assert main(["run", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -83,7 +83,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args,
     assert not out.exists()
 
 
-def test_console_entry_point_exit_code_and_no_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_console_entry_point_exit_code_and_no_traceback(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "lplgrad", "run", "--strategy", "nope", "--out", str(tmp_path / "x")],
         capture_output=True,
@@ -94,12 +94,12 @@ def test_console_entry_point_exit_code_and_no_traceback(tmp_path) -> None:  # ty
     assert result.stderr.strip().count("\n") == 0 and "unknown strategy 'nope'" in result.stderr
 
 
-def test_failed_download_is_one_line_exit_2(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_failed_download_is_one_line_exit_2(tmp_path, capsys, monkeypatch) -> None:
     from urllib.error import URLError
 
     from torchvision import datasets
 
-    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def offline(*args, **kwargs):
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(datasets, "CIFAR10", offline)
@@ -111,7 +111,7 @@ def test_failed_download_is_one_line_exit_2(tmp_path, capsys, monkeypatch) -> No
     assert not out.exists()
 
 
-def test_unusable_run_folder_is_one_line_exit_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_unusable_run_folder_is_one_line_exit_2(tmp_path, capsys) -> None:
     a_file = tmp_path / "taken"
     a_file.write_text("not a folder")
     for out, message in [(a_file, "is a file"), (a_file / "below", "is not a writable folder")]:

@@ -3,6 +3,7 @@ import tomllib
 import pytest
 
 from lplgrad import config as cfg
+from lplgrad import config_files
 from lplgrad.errors import UserError
 
 
@@ -22,11 +23,13 @@ def test_dataset_defaults_sit_under_user_values() -> None:
     [("0.01", 0.01), ("3", 3), ("true", True), ("[0.5, 0.8]", [0.5, 0.8]), ("cifar10", "cifar10"), ("a,b", "a,b")],
 )
 def test_set_values_parse_as_toml_or_string(raw: str, value: object) -> None:
-    assert cfg.parse_set([f"k={raw}"]) == {"k": value}
+    assert config_files.parse_set([f"k={raw}"]) == {"k": value}
 
 
 def test_set_coerces_lists_and_ints_to_floats() -> None:
-    config = cfg.resolve(cfg.parse_set(["active.strategies=lplgrad,random", "train.lr=1", "train.milestones=0.5"]))
+    config = cfg.resolve(
+        config_files.parse_set(["active.strategies=lplgrad,random", "train.lr=1", "train.milestones=0.5"])
+    )
     assert config.active.strategies == ["lplgrad", "random"]
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
     assert config.train.milestones == [0.5]
@@ -39,11 +42,11 @@ def test_set_coerces_lists_and_ints_to_floats() -> None:
         ({"train.epochs": 1.5}, "train.epochs expects int"),
         ({"train.epochs": True}, "train.epochs expects int"),
         ({"data.download": "yes"}, "data.download expects bool"),
-        ({"active.query": 0}, "active.query must be >= 1"),
+        ({"active.query_size": 0}, "active.query_size must be >= 1"),
         ({"train.epochs": 0}, "train.epochs must be >= 1"),
         ({"train.batch_size": 1}, "train.batch_size must be >= 2"),
         ({"active.reduction": "max"}, "layer_sum or global"),
-        ({"active.budget": 10, "active.initial": 20}, "smaller than the initial set"),
+        ({"active.budget": 10, "active.initial_size": 20}, "smaller than the initial set"),
         ({"device": "tpu"}, "device must be"),
     ],
 )
@@ -54,21 +57,21 @@ def test_bad_values_name_the_problem(values: dict, message: str) -> None:
 
 def test_malformed_set_item() -> None:
     with pytest.raises(UserError, match="key=value"):
-        cfg.parse_set(["train.lr"])
+        config_files.parse_set(["train.lr"])
 
 
-def test_toml_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_toml_round_trip(tmp_path) -> None:
     config = cfg.resolve({"data.name": "svhn", "active.strategies": ["lplgrad", "random"], "data.root": 'a "b"'})
     path = tmp_path / "config.toml"
-    path.write_text(cfg.to_toml(config))
-    assert cfg.resolve(cfg.read_toml(path)) == config
+    path.write_text(config_files.to_toml(config))
+    assert cfg.resolve(config_files.read_toml(path)) == config
     assert tomllib.loads(path.read_text())["train"]["lr"] == 0.01
 
 
-def test_malformed_or_missing_toml(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_or_missing_toml(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nlr = ")
     with pytest.raises(UserError, match="not valid TOML"):
-        cfg.read_toml(bad)
+        config_files.read_toml(bad)
     with pytest.raises(UserError, match="does not exist"):
-        cfg.read_toml(tmp_path / "missing.toml")
+        config_files.read_toml(tmp_path / "missing.toml")

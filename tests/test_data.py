@@ -29,7 +29,7 @@ def test_augmentation_is_seeded() -> None:
     assert torch.equal(a, b)
 
 
-def test_channel_stats_match_torch(dataset) -> None:  # type: ignore[no-untyped-def]
+def test_channel_stats_match_torch(dataset) -> None:
     images = dataset.train.images
     mean, std = channel_stats(images, chunk=10)
     x = images.double() / 255
@@ -37,6 +37,6 @@ def test_channel_stats_match_torch(dataset) -> None:  # type: ignore[no-untyped-
     assert torch.allclose(torch.tensor(std, dtype=torch.float64), x.std(dim=(0, 2, 3), unbiased=False), atol=1e-6)
 
 
-def test_normalize(dataset) -> None:  # type: ignore[no-untyped-def]
+def test_normalize(dataset) -> None:
     x = dataset.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert torch.allclose(x, torch.full_like(x, 2.0))

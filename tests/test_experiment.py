@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -5,23 +6,25 @@ import torch
 
 from lplgrad import config as cfg
 from lplgrad.errors import UserError
-from lplgrad.experiment import derive_seed, labeled_schedule, run_experiment
-from tests.conftest import make_dataset
+from lplgrad.experiment import run_experiment
+from lplgrad.loop import derive_seed
+from lplgrad.schedule import check_fits, labeled_schedule
+from tests.helpers import make_dataset
 
 
 def test_schedule_by_rounds_and_by_budget() -> None:
-    assert labeled_schedule(10, 5, 3, 0, 100) == [10, 15, 20]
-    assert labeled_schedule(10, 5, 99, 20, 100) == [10, 15, 20]
-    assert labeled_schedule(10, 4, 99, 20, 100) == [10, 14, 18, 20]  # last query is smaller
+    assert labeled_schedule(10, 5, 3) == [10, 15, 20]
+    assert labeled_schedule(10, 5, 99, budget=20) == [10, 15, 20]
+    assert labeled_schedule(10, 4, 99, budget=20) == [10, 14, 18, 20]  # last query is smaller
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [((200, 5, 3, 0, 100), "initial set"), ((10, 5, 3, 101, 100), "budget"), ((10, 50, 3, 0, 100), "need 110")],
+    ("sizes", "by_budget", "message"),
+    [([200, 205], False, "initial set"), ([10, 15, 101], True, "budget"), ([10, 60, 110], False, "need 110")],
 )
-def test_schedule_larger_than_the_pool_is_refused(args: tuple, message: str) -> None:
+def test_schedule_larger_than_the_pool_is_refused(sizes: list[int], by_budget: bool, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        labeled_schedule(*args)
+        check_fits(sizes, 100, by_budget)
 
 
 def test_derived_seeds_are_stable_and_distinct() -> None:
@@ -34,10 +37,10 @@ def small_config(**extra: object) -> cfg.RunConfig:
     values = {
         "active.strategies": ["lplgrad", "random", "coreset"],
         "active.trials": 2,
-        "active.initial": 8,
-        "active.query": 6,
+        "active.initial_size": 8,
+        "active.query_size": 6,
         "active.rounds": 3,
-        "active.subset": 30,
+        "active.candidate_subset": 30,
         "train.epochs": 2,
         "train.batch_size": 8,
         "model.width": 4,
@@ -47,7 +50,7 @@ def small_config(**extra: object) -> cfg.RunConfig:
     return cfg.resolve(values)
 
 
-def test_loop_bookkeeping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_loop_bookkeeping(tmp_path) -> None:
     rows = run_experiment(small_config(), tmp_path / "run", dataset=make_dataset())
     assert len(rows) == 2 * 3 * 3
     written = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
@@ -74,20 +77,20 @@ def test_loop_bookkeeping(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert all(r["reduction"] == "layer_sum" for r in lplgrad_rows)
 
 
-def test_initial_sets_are_shared_across_strategies_and_differ_across_trials(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_initial_sets_are_shared_across_strategies_and_differ_across_trials(monkeypatch) -> None:
     from lplgrad import experiment
 
     seen = []
-    original = experiment.run_strategy
+    original = experiment._start
 
-    def spy(config, dataset, strategy, trial, initial, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append((trial, strategy.name, initial.clone()))
-        return original(config, dataset, strategy, trial, initial, *args, **kwargs)
+    def spy(config, dataset, trial_seed, initial, *args):
+        seen.append((trial_seed - config.seed, initial.clone()))
+        return original(config, dataset, trial_seed, initial, *args)
 
-    monkeypatch.setattr(experiment, "run_strategy", spy)
+    monkeypatch.setattr(experiment, "_start", spy)
     run_experiment(small_config(**{"active.rounds": 1}), dataset=make_dataset())
     by_trial: dict[int, list[torch.Tensor]] = {}
-    for trial, _, initial in seen:
+    for trial, initial in seen:
         by_trial.setdefault(trial, []).append(initial)
     for initials in by_trial.values():
         assert all(torch.equal(initials[0], other) for other in initials)
@@ -103,12 +106,33 @@ def test_same_seed_same_results() -> None:
     assert strip == [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in b]
 
 
-def test_cold_start_option_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    rows = run_experiment(small_config(**{"train.warm_start": False, "active.trials": 1}), dataset=make_dataset())
-    assert len(rows) == 9
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_warm_start_continues_the_last_round_and_cold_start_begins_anew(monkeypatch, warm_start: bool) -> None:
+    from lplgrad import loop
+
+    starts, ends = [], []
+    original = loop.fit
+
+    def spy(model, *args, **kwargs):
+        starts.append(copy.deepcopy(model.state_dict()))
+        result = original(model, *args, **kwargs)
+        ends.append(copy.deepcopy(model.state_dict()))
+        return result
+
+    monkeypatch.setattr(loop, "fit", spy)
+    values = {"train.warm_start": warm_start, "active.trials": 1, "active.strategies": ["random"]}
+    config = small_config(**values)
+    dataset = make_dataset()
+    run_experiment(config, dataset=dataset)
+    assert len(starts) == 3
+    for round_index in (1, 2):
+        fresh, _ = loop.build_models(config, dataset, loop.derive_seed(config.seed, round_index, loop.SEED_INIT), "cpu")
+        expected = ends[round_index - 1] if warm_start else fresh.state_dict()
+        for key, value in starts[round_index].items():
+            assert torch.equal(value, expected[key]), key
 
 
-def test_refuses_to_mix_with_an_earlier_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_refuses_to_mix_with_an_earlier_run(tmp_path) -> None:
     config = small_config(**{"active.trials": 1, "active.rounds": 1, "active.strategies": ["random"]})
     run_experiment(config, tmp_path, dataset=make_dataset())
     before = (tmp_path / "results.jsonl").read_text()
@@ -117,7 +141,7 @@ def test_refuses_to_mix_with_an_earlier_run(tmp_path) -> None:  # type: ignore[n
     assert (tmp_path / "results.jsonl").read_text() == before
 
 
-def test_slices_of_one_run_share_a_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_slices_of_one_run_share_a_folder(tmp_path) -> None:
     base = {"active.trials": 1, "active.rounds": 2}
     run_experiment(small_config(**base, **{"active.strategies": ["random"]}), tmp_path, dataset=make_dataset())
     run_experiment(small_config(**base, **{"active.strategies": ["entropy"]}), tmp_path, dataset=make_dataset())

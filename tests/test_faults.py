@@ -21,23 +21,23 @@ from PIL import Image
 from lplgrad import config as cfg
 from lplgrad.checkpoint import REJECTED_FILE, DamagedCheckpoint, checkpoint_path, load_checkpoint
 from lplgrad.cli import main
+from lplgrad.data.imagefolder import decode_folder, scan
 from lplgrad.errors import UserError
 from lplgrad.experiment import run_experiment
-from lplgrad.imagefolder import decode_folder, scan
 from lplgrad.report import load
 from lplgrad.results import RESULTS_FILE, StorageError, append_row, read_results, read_rows, write_atomic_with
 from lplgrad.run_folder import hold_run_folder
 from lplgrad.train import TrainingDiverged, fit
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 
 def small(**extra: Any) -> cfg.RunConfig:
     values = {
         "active.strategies": ["random", "entropy"],
-        "active.initial": 8,
-        "active.query": 6,
+        "active.initial_size": 8,
+        "active.query_size": 6,
         "active.rounds": 3,
-        "active.subset": 30,
+        "active.candidate_subset": 30,
         "train.epochs": 1,
         "train.batch_size": 8,
         "model.width": 4,
@@ -66,7 +66,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path
 
 def test_a_refused_run_leaves_no_empty_folder_behind(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="initial set"):
-        run_experiment(small(**{"active.initial": 1000}), tmp_path / "new", dataset=make_dataset())
+        run_experiment(small(**{"active.initial_size": 1000}), tmp_path / "new", dataset=make_dataset())
     assert not (tmp_path / "new").exists()
 
 
@@ -89,7 +89,7 @@ def test_resume_rebuilds_a_deleted_or_cut_results_file_from_the_checkpoints(tmp_
 
 def test_a_checkpoint_from_before_checksums_still_resumes_and_names_rows_it_cannot_rebuild(
     tmp_path: Path, caplog
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     out = tmp_path / "run"
     config = small(**{"active.strategies": ["random"]})
     want = comparable(run_experiment(config, out, dataset=make_dataset()))
@@ -143,8 +143,8 @@ def test_a_damaged_checkpoint_is_a_one_line_error_and_deleting_it_reruns_the_pai
         ("train.momentum", -0.1),
         ("train.weight_decay", -1e-4),
         ("train.gamma", -0.1),
-        ("train.loss_weight", float("nan")),
-        ("model.loss_module_hidden", 0),
+        ("train.ranking_weight", float("nan")),
+        ("model.aux_hidden", 0),
     ],
 )
 def test_training_settings_that_cannot_train_are_refused(key: str, value: float) -> None:
@@ -176,7 +176,7 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path, error: E
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_full_disk_while_a_checkpoint_is_written_is_the_storage_error(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_full_disk_while_a_checkpoint_is_written_is_the_storage_error(tmp_path, monkeypatch) -> None:
     real_fsync = os.fsync
     calls = {"n": 0}
 
@@ -199,12 +199,15 @@ def test_a_full_disk_while_a_checkpoint_is_written_is_the_storage_error(tmp_path
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"active.subset": 4, "active.query": 6}, r"active.subset \(4\) must be >= active.query \(6\)"),
+        (
+            {"active.candidate_subset": 4, "active.query_size": 6},
+            r"active.candidate_subset \(4\) must be >= active.query_size \(6\)",
+        ),
         ({"active.strategies": ["random", "random"]}, "lists random more than once"),
         ({"seed": 2**32}, "seed must be in"),
         ({"seed": -1}, "seed must be in"),
         ({"seed": 2**32 - 2, "active.trials": 3}, "seed must be in"),  # seed + trial wraps too
-        ({"active.initial": 1}, "active.initial must be >= 2"),
+        ({"active.initial_size": 1}, "active.initial_size must be >= 2"),
     ],
 )
 def test_settings_refused_before_any_work(values: dict[str, Any], message: str) -> None:
@@ -231,7 +234,7 @@ def run_cli(*args: str) -> int:
     return main(["-q", "run", "--dataset", "digits", "--strategy", "random", *args])
 
 
-def test_bad_config_files_are_one_line_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_config_files_are_one_line_errors(tmp_path: Path, capsys) -> None:
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes("seed = 1 # caf\xe9\n".encode("latin-1"))
     assert run_cli("--config", str(latin1), "--out", str(tmp_path / "a")) == 2
@@ -240,7 +243,7 @@ def test_bad_config_files_are_one_line_errors(tmp_path: Path, capsys) -> None:  
     assert "is a folder" in capsys.readouterr().err
 
 
-def test_bad_lines_in_results_are_named_and_the_valid_rows_used(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_bad_lines_in_results_are_named_and_the_valid_rows_used(tmp_path: Path, caplog) -> None:
     out = tmp_path / "run"
     want = comparable(run_experiment(small(), out, dataset=make_dataset()))
     results = out / RESULTS_FILE
@@ -254,7 +257,7 @@ def test_bad_lines_in_results_are_named_and_the_valid_rows_used(tmp_path: Path, 
     assert "garbage" in (out / REJECTED_FILE).read_text()
 
 
-def test_report_into_an_unwritable_place_is_a_one_line_error(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_report_into_an_unwritable_place_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     run_experiment(small(), tmp_path / "run", dataset=make_dataset())
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -284,7 +287,7 @@ def test_empty_out_and_abbreviated_flags_are_refused(tmp_path: Path) -> None:
     assert empty.value.code == abbreviated.value.code == 2
 
 
-def test_symlinks_and_hidden_files_in_an_image_folder(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_symlinks_and_hidden_files_in_an_image_folder(tmp_path: Path, caplog) -> None:
     root = tmp_path / "images"
     for name in ("cat", "dog"):
         (root / name).mkdir(parents=True)

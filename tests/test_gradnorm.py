@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lplgrad.gradnorm import batchable, per_sample_grad_norms, per_sample_grad_norms_loop, reduce_norms
 from lplgrad.models import ResNet18
+from lplgrad.scoring.gradnorm import batchable, per_sample_grad_norms, per_sample_grad_norms_loop, reduce_norms
 
 
 def oracle(model: nn.Module, inputs: torch.Tensor, reduction: str, loss: str) -> torch.Tensor:
@@ -18,7 +18,7 @@ def oracle(model: nn.Module, inputs: torch.Tensor, reduction: str, loss: str) ->
         clone.zero_grad(set_to_none=True)
         objective.backward(retain_graph=True)
         norms = [p.grad.double().norm() for p in clone.parameters() if p.grad is not None]
-        return sum(norms) if reduction == "layer_sum" else torch.stack(norms).pow(2).sum().sqrt()  # type: ignore[return-value]
+        return sum(norms) if reduction == "layer_sum" else torch.stack(norms).pow(2).sum().sqrt()
 
     scores = []
     for x in inputs.split(1):
@@ -36,8 +36,8 @@ def oracle(model: nn.Module, inputs: torch.Tensor, reduction: str, loss: str) ->
 def perturb_batchnorm(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)  # type: ignore[union-attr]
-            module.running_var.uniform_(0.5, 2.0)  # type: ignore[union-attr]
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
             if module.affine:
                 module.weight.data.uniform_(0.5, 1.5)
                 module.bias.data.uniform_(-0.2, 0.2)
@@ -140,7 +140,7 @@ CASES = models_and_inputs()
 def test_equals_one_backward_per_sample(
     name: str, model: nn.Module, inputs: torch.Tensor, reduction: str, loss: str
 ) -> None:
-    got = per_sample_grad_norms(model, inputs, reduction=reduction, loss=loss)  # type: ignore[arg-type]
+    got = per_sample_grad_norms(model, inputs, reduction=reduction, loss=loss)
     want = oracle(model, inputs, reduction, loss)
     assert got.shape == (inputs.shape[0],)
     assert (want > 0).all()
@@ -150,7 +150,7 @@ def test_equals_one_backward_per_sample(
 @pytest.mark.parametrize("loss", ["entropy", "expected"])
 def test_reference_loop_equals_oracle(loss: str) -> None:
     _, model, inputs = CASES[2]
-    got = per_sample_grad_norms_loop(model, inputs, reduction="global", loss=loss)  # type: ignore[arg-type]
+    got = per_sample_grad_norms_loop(model, inputs, reduction="global", loss=loss)
     torch.testing.assert_close(got, oracle(model, inputs, "global", loss), rtol=1e-4, atol=0.0)
 
 
@@ -212,10 +212,10 @@ def test_entropy_and_expected_differ() -> None:
     )
 
 
-def test_mixed_precision_is_close_to_float32() -> None:
+def test_bf16_scoring_is_close_to_float32() -> None:
     _, model, inputs = CASES[0]
     exact = per_sample_grad_norms(model, inputs)
-    approx = per_sample_grad_norms(model, inputs, mixed_precision=True)
+    approx = per_sample_grad_norms(model, inputs, bf16=True)
     assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.9
 
 
@@ -224,16 +224,16 @@ def test_reductions_by_hand() -> None:
     assert reduce_norms(squared, "layer_sum").tolist() == [7.0, 2.0]
     assert reduce_norms(squared, "global").tolist() == [5.0, 2.0]
     with pytest.raises(ValueError):
-        reduce_norms(squared, "max")  # type: ignore[arg-type]
+        reduce_norms(squared, "max")
 
 
-def test_resnet_uses_only_closed_form_rules_and_unusual_layers_the_fallback(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from lplgrad import gradnorm, layer_norms
+def test_resnet_uses_only_closed_form_rules_and_unusual_layers_the_fallback(monkeypatch) -> None:
+    from lplgrad.scoring import gradnorm, layer_norms
 
     fallback_modules: list[str] = []
     original = layer_norms.generic_norms
 
-    def spy(module, *args):  # type: ignore[no-untyped-def]
+    def spy(module, *args):
         fallback_modules.append(type(module).__name__)
         return original(module, *args)
 
@@ -255,13 +255,13 @@ def test_exact_on_cuda_with_tf32_off(reduction: str) -> None:
     torch.manual_seed(0)
     model = perturb_batchnorm(ResNet18(10, width=16)).cuda()
     inputs = torch.randn(16, 3, 32, 32, device="cuda")
-    got = per_sample_grad_norms(model, inputs, reduction=reduction)  # type: ignore[arg-type]
-    want = per_sample_grad_norms_loop(model, inputs, reduction=reduction)  # type: ignore[arg-type]
+    got = per_sample_grad_norms(model, inputs, reduction=reduction)
+    want = per_sample_grad_norms_loop(model, inputs, reduction=reduction)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=0.0)
 
 
-def test_out_of_memory_retries_with_smaller_chunks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from lplgrad import gradnorm
+def test_out_of_memory_retries_with_smaller_chunks(monkeypatch) -> None:
+    from lplgrad.scoring import gradnorm
 
     _, model, _ = CASES[2]
     inputs = torch.randn(10, 3, 12, 12)
@@ -269,7 +269,7 @@ def test_out_of_memory_retries_with_smaller_chunks(monkeypatch) -> None:  # type
     original = gradnorm._hooked_norms
     sizes: list[int] = []
 
-    def small_memory(model, chunk, reduction, loss):  # type: ignore[no-untyped-def]
+    def small_memory(model, chunk, reduction, loss):
         sizes.append(chunk.shape[0])
         if chunk.shape[0] > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -280,7 +280,7 @@ def test_out_of_memory_retries_with_smaller_chunks(monkeypatch) -> None:  # type
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0.0)
     assert sizes[:3] == [10, 5, 2]
 
-    def always_oom(model, chunk, reduction, loss):  # type: ignore[no-untyped-def]
+    def always_oom(model, chunk, reduction, loss):
         raise torch.OutOfMemoryError("simulated")
 
     monkeypatch.setattr(gradnorm, "_hooked_norms", always_oom)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lplgrad import imagefolder
 from lplgrad.config import DataConfig
-from lplgrad.datasets import load_dataset
+from lplgrad.data import imagefolder
+from lplgrad.data.loaders import load_dataset
 from lplgrad.errors import UserError
 
 
@@ -19,7 +19,7 @@ def write_images(root: Path, classes: dict[str, int], size: int = 12, seed: int 
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
-def test_train_test_layout_and_cache(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_train_test_layout_and_cache(tmp_path, monkeypatch) -> None:
     root = tmp_path / "folder"
     write_images(root / "train", {"cat": 5, "dog": 4})
     write_images(root / "test", {"cat": 2, "dog": 3}, seed=1)
@@ -36,7 +36,7 @@ def test_train_test_layout_and_cache(tmp_path, monkeypatch) -> None:  # type: ig
     pixels = np.asarray(Image.open(root / "train" / "cat" / "0.png"))
     assert (dataset.train.images[0].permute(1, 2, 0).numpy() == pixels).all()
 
-    def no_decoding(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+    def no_decoding(*_args, **_kwargs):
         raise AssertionError("the second load must come from the cache")
 
     monkeypatch.setattr(imagefolder, "_decode", no_decoding)
@@ -45,7 +45,7 @@ def test_train_test_layout_and_cache(tmp_path, monkeypatch) -> None:  # type: ig
     assert again.skipped_files == dataset.skipped_files
 
 
-def test_single_folder_is_split_by_a_stratified_holdout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_single_folder_is_split_by_a_stratified_holdout(tmp_path) -> None:
     root = tmp_path / "folder"
     write_images(root, {"a": 10, "b": 10, "c": 10})
     dataset = load_dataset(DataConfig(name=f"imagefolder:{root}", holdout=0.2, cache_dir=str(tmp_path / "c")))
@@ -53,7 +53,7 @@ def test_single_folder_is_split_by_a_stratified_holdout(tmp_path) -> None:  # ty
     assert sorted(dataset.test.labels.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
-def test_mixed_sizes_are_resized(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_sizes_are_resized(tmp_path) -> None:
     root = tmp_path / "folder"
     write_images(root / "train", {"a": 2, "b": 1}, size=20)
     write_images(root / "test", {"a": 2}, size=30)
@@ -61,7 +61,7 @@ def test_mixed_sizes_are_resized(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert dataset.train.images.shape[-2:] == dataset.test.images.shape[-2:] == (16, 16)
 
 
-def test_test_classes_missing_from_train_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_test_classes_missing_from_train_are_refused(tmp_path) -> None:
     root = tmp_path / "folder"
     write_images(root / "train", {"a": 2})
     write_images(root / "test", {"a": 1, "zebra": 1})
@@ -69,19 +69,19 @@ def test_test_classes_missing_from_train_are_refused(tmp_path) -> None:  # type:
         load_dataset(DataConfig(name=f"imagefolder:{root}", cache_dir=str(tmp_path / "c")))
 
 
-def test_one_class_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_class_is_refused(tmp_path) -> None:
     write_images(tmp_path / "folder", {"only": 6})
     with pytest.raises(UserError, match="has 1 class folder \\(only\\); classification needs at least two"):
         load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'folder'}", cache_dir=str(tmp_path / "c")))
 
 
-def test_folder_without_images(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_folder_without_images(tmp_path) -> None:
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(UserError, match="no images found"):
         load_dataset(DataConfig(name=f"imagefolder:{tmp_path / 'empty'}", cache_dir=str(tmp_path / "c")))
 
 
-def test_bad_and_unusual_files(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_and_unusual_files(tmp_path: Path) -> None:
     """Corrupt files are skipped and listed; unusual modes are converted correctly."""
     import io
 

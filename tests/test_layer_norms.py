@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from lplgrad.layer_norms import conv2d_route, conv2d_weight_norms
+from lplgrad.scoring.layer_norms import conv2d_route, conv2d_weight_norms
 
 # (in, out, kernel, stride, padding, dilation, input height, input width)
 CONVS = [
@@ -32,7 +32,7 @@ def per_sample_weight_norms(conv: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -
 
 
 @pytest.mark.parametrize("spec", CONVS, ids=[str(c) for c in CONVS])
-def test_every_route_equals_materialized_per_sample_gradients(spec: tuple) -> None:  # type: ignore[type-arg]
+def test_every_route_equals_materialized_per_sample_gradients(spec: tuple) -> None:
     channels, out_channels, kernel, stride, padding, dilation, height, width = spec
     torch.manual_seed(0)
     conv = nn.Conv2d(channels, out_channels, kernel, stride, padding, dilation, bias=False).double()
@@ -43,7 +43,7 @@ def test_every_route_equals_materialized_per_sample_gradients(spec: tuple) -> No
     if stride == 1 and dilation == 1:
         routes.append("shifted_ghost")
     for route in routes:
-        torch.testing.assert_close(conv2d_weight_norms(conv, a, g, route), want, rtol=1e-10, atol=0.0)  # type: ignore[arg-type]
+        torch.testing.assert_close(conv2d_weight_norms(conv, a, g, route), want, rtol=1e-10, atol=0.0)
 
 
 def test_route_choice_for_cifar_resnet18_layers() -> None:

@@ -10,7 +10,7 @@ from lplgrad.models import LossPredictionModule, ModelOutput, ResNet18, penultim
     [("cifar", 32, [32, 16, 8, 4]), ("imagenet", 64, [16, 8, 4, 2])],
 )
 def test_resnet_returns_logits_and_four_stages(stem: str, size: int, spatial: list[int]) -> None:
-    model = ResNet18(num_classes=7, in_channels=3, width=4, stem=stem)  # type: ignore[arg-type]
+    model = ResNet18(num_classes=7, in_channels=3, width=4, stem=stem)
     out = model(torch.randn(2, 3, size, size))
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (2, 7)
@@ -25,15 +25,15 @@ def test_full_width_resnet18_has_the_standard_parameter_count() -> None:
 
 
 @pytest.mark.parametrize(("stem", "size"), [("cifar", 32), ("imagenet", 64)])
-def test_loss_module_predicts_one_loss_per_sample(stem: str, size: int) -> None:
-    model = ResNet18(num_classes=3, width=4, stem=stem)  # type: ignore[arg-type]
+def test_aux_model_predicts_one_loss_per_sample(stem: str, size: int) -> None:
+    model = ResNet18(num_classes=3, width=4, stem=stem)
     module = LossPredictionModule(model.feature_channels)
     predicted = module(model(torch.randn(5, 3, size, size)).features)
     assert predicted.shape == (5,)
     assert len(module.branches) == 4 and module.branches[0].out_features == 128
 
 
-def test_loss_module_for_a_user_model() -> None:
+def test_aux_model_for_a_user_model() -> None:
     class Small(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -50,6 +50,6 @@ def test_loss_module_for_a_user_model() -> None:
     assert module(model(torch.randn(3, 1, 8, 8))[1]).shape == (3,)
 
 
-def test_loss_module_refuses_a_model_without_features() -> None:
+def test_aux_model_refuses_a_model_without_features() -> None:
     with pytest.raises(ValueError, match="only logits"):
         LossPredictionModule.for_model(nn.Linear(4, 2), torch.randn(1, 4))

@@ -14,7 +14,7 @@ from lplgrad.results import read_rows
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def comparable(rows: list[dict], keys: set[str]) -> list[dict]:  # type: ignore[type-arg]
+def comparable(rows: list[dict], keys: set[str]) -> list[dict]:
     return sorted(({k: r[k] for k in keys} for r in rows), key=lambda r: (r["strategy"], r["trial"], r["round"]))
 
 

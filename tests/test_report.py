@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lplgrad import config as cfg
+from lplgrad import config_files
 from lplgrad.cli import main
 from lplgrad.metrics import aubc, paired_difference
 from lplgrad.report import write_report
@@ -34,12 +35,12 @@ def write_run(folder: Path, trials: list[int], methods: list[str], rounds: int =
         {
             "active.strategies": methods,
             "active.trials": config_trials,
-            "active.initial": 100,
-            "active.query": 100,
+            "active.initial_size": 100,
+            "active.query_size": 100,
             "active.rounds": rounds,
         }
     )
-    (folder / "config.toml").write_text(cfg.to_toml(config))
+    (folder / "config.toml").write_text(config_files.to_toml(config))
     (folder / "dataset.json").write_text(json.dumps({"classes": ["cat", "dog", "frog"]}))
     lines = []
     for trial in trials:
@@ -91,7 +92,7 @@ def test_partial_single_trial_report_says_what_is_missing(tmp_path: Path) -> Non
     assert "n/a" in report or "| lplgrad | 0 |" in report
 
 
-def test_slices_merge_and_cli(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_slices_merge_and_cli(tmp_path: Path, capsys) -> None:
     write_run(tmp_path / "a", [0], ["random", "lplgrad"])
     write_run(tmp_path / "b", [1], ["random", "lplgrad"])
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]) == 0
@@ -104,14 +105,14 @@ def test_slices_merge_and_cli(tmp_path: Path, capsys) -> None:  # type: ignore[n
 def test_saved_artifacts_make_tsne_and_confidence_figures(tmp_path: Path) -> None:
     from lplgrad.artifacts import load_all
     from lplgrad.experiment import run_experiment
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
 
     config = cfg.resolve(
         {
             "active.strategies": ["lplgrad", "random"],
             "active.trials": 1,
-            "active.initial": 10,
-            "active.query": 10,
+            "active.initial_size": 10,
+            "active.query_size": 10,
             "active.rounds": 4,
             "train.epochs": 1,
             "model.width": 4,

@@ -94,24 +94,24 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_results(t
     assert comparable(read_rows(results)) == want
 
 
-def test_ctrl_c_saves_everything_says_how_to_resume_and_resume_matches(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_saves_everything_says_how_to_resume_and_resume_matches(tmp_path, monkeypatch, capsys) -> None:
     want = reference_rows(tmp_path)
     calls = {"n": 0}
     original = train.fit
 
-    def interrupted_fit(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def interrupted_fit(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("lplgrad.experiment.fit", interrupted_fit)
+    monkeypatch.setattr("lplgrad.loop.fit", interrupted_fit)
     out = tmp_path / "run"
     assert main(["-q", "run", *RUN, "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert f"--out {out} --resume" in err
     assert len(read_rows(out / "results.jsonl")) == 5
-    monkeypatch.setattr("lplgrad.experiment.fit", original)
+    monkeypatch.setattr("lplgrad.loop.fit", original)
     assert main(["-q", "run", "--config", str(out / "config.toml"), "--out", str(out), "--resume"]) == 0
     assert comparable(read_rows(out / "results.jsonl")) == want
 
@@ -121,8 +121,8 @@ def small(**extra: Any) -> cfg.RunConfig:
         {
             "active.strategies": ["entropy", "random"],
             "active.trials": 2,
-            "active.initial": 30,
-            "active.query": 30,
+            "active.initial_size": 30,
+            "active.query_size": 30,
             "active.rounds": 3,
             "train.epochs": 2,
             "model.width": 4,
@@ -132,15 +132,15 @@ def small(**extra: Any) -> cfg.RunConfig:
     )
 
 
-def test_diverging_training_stops_only_its_own_trial(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_diverging_training_stops_only_its_own_trial(tmp_path, monkeypatch) -> None:
     original = train.fit
 
-    def nan_for_entropy_trial_1_round_2(model, dataset, labeled, config, seed, **kwargs):  # type: ignore[no-untyped-def]
+    def nan_for_entropy_trial_1_round_2(model, dataset, labeled, config, seed, **kwargs):
         if kwargs.get("description", "").startswith("entropy t1 r2"):
             raise train.TrainingDiverged(epoch=1)
         return original(model, dataset, labeled, config, seed, **kwargs)
 
-    monkeypatch.setattr("lplgrad.experiment.fit", nan_for_entropy_trial_1_round_2)
+    monkeypatch.setattr("lplgrad.loop.fit", nan_for_entropy_trial_1_round_2)
     with pytest.raises(TrialsFailed, match=r"entropy trial 1 round 2 \(try a lower train.lr\)"):
         run_experiment(small(), tmp_path)
     done = {(r["strategy"], r["trial"], r["round"]) for r in read_rows(tmp_path / "results.jsonl")}
@@ -150,7 +150,7 @@ def test_diverging_training_stops_only_its_own_trial(tmp_path, monkeypatch) -> N
 
 def test_nan_loss_is_detected_with_its_epoch() -> None:
     from lplgrad.models import ResNet18
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
 
     model = ResNet18(4, width=4)
     config = cfg.resolve({"train.lr": 1e30, "train.epochs": 5, "model.width": 4}).train
@@ -158,12 +158,12 @@ def test_nan_loss_is_detected_with_its_epoch() -> None:
         train.fit(model, make_dataset(), torch.arange(32), config, seed=0)
 
 
-def test_disk_full_keeps_the_previous_state(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_disk_full_keeps_the_previous_state(tmp_path, monkeypatch) -> None:
     config = small(**{"active.trials": 1, "active.strategies": ["random"]})
     real_replace = os.replace
     replaced = {"n": 0}
 
-    def full_disk_on_second_checkpoint(src, dst):  # type: ignore[no-untyped-def]
+    def full_disk_on_second_checkpoint(src, dst):
         if str(dst).endswith(".pt"):
             replaced["n"] += 1
             if replaced["n"] == 2:
@@ -200,8 +200,8 @@ def test_resume_repairs_a_torn_line_and_a_row_lost_after_its_checkpoint(tmp_path
 
 def test_resume_refuses_a_changed_configuration(tmp_path: Path) -> None:
     run_experiment(small(**{"active.trials": 1}), tmp_path)
-    with pytest.raises(UserError, match=r"--resume with a changed configuration: active\.query, train\.lr differ"):
-        run_experiment(small(**{"active.trials": 1, "active.query": 20, "train.lr": 0.01}), tmp_path, resume=True)
+    with pytest.raises(UserError, match=r"--resume with a changed configuration: active\.query_size, train\.lr differ"):
+        run_experiment(small(**{"active.trials": 1, "active.query_size": 20, "train.lr": 0.01}), tmp_path, resume=True)
 
 
 def test_last_round_checkpoint_drops_the_weights(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def cifar_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_every_strategy_runs_on_the_cifar10_folder(cifar_folder: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_every_strategy_runs_on_the_cifar10_folder(cifar_folder: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("LPLGRAD_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     strategies = ",".join(list_strategies())

@@ -3,20 +3,28 @@
 import pytest
 import torch
 
+from lplgrad.errors import UserError
 from lplgrad.strategies import QueryContext, create_strategy, list_strategies, top_k
+from lplgrad.strategies.base import QuerySizeError
 from lplgrad.strategies.coreset import k_center_greedy
 
 PAPER_STRATEGIES = {"random", "entropy", "learning-loss", "ent-gradnorm", "coreset", "lplgrad"}
 
 
-def make_context(model, loss_module, dataset, seed: int = 0) -> QueryContext:  # type: ignore[no-untyped-def]
+# Shuffled and non-contiguous, so a strategy that returns positions in this list instead of
+# absolute image indices, or that assumes sorted candidates, fails.
+CANDIDATES = torch.randperm(60, generator=torch.Generator().manual_seed(1))[:40] + 3
+LABELED = torch.tensor([0, 1, 2, 63])
+
+
+def make_context(model, aux_model, dataset, seed: int = 0) -> QueryContext:
     return QueryContext(
         model=model,
         dataset=dataset,
-        candidates=torch.arange(10, 50),
-        labeled=torch.arange(0, 10),
+        candidates=CANDIDATES,
+        labeled=LABELED,
         generator=torch.Generator().manual_seed(seed),
-        loss_module=loss_module,
+        aux_model=aux_model,
         batch_size=16,
     )
 
@@ -25,49 +33,66 @@ def test_every_paper_method_is_registered() -> None:
     assert PAPER_STRATEGIES | {"margin", "least-confidence", "expected-gradnorm"} <= set(list_strategies())
 
 
-@pytest.mark.parametrize("name", list_strategies())
-def test_contract(name: str, model, loss_module, dataset) -> None:  # type: ignore[no-untyped-def]
-    strategy = create_strategy(name, reduction="global")
-    model.train()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
 
-    selection = strategy.select(make_context(model, loss_module, dataset), 7)
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_contract(name: str, model, aux_model, dataset) -> None:
+    strategy = create_strategy(name)
+    aux = aux_model if strategy.uses_aux_model else None  # as the loop passes it
+    model.train()
+    before, aux_before = state(model), state(aux_model)
+
+    selection = strategy.select(make_context(model, aux, dataset), 7)
     indices = selection.indices
     assert indices.shape == (7,) and indices.dtype == torch.long
     assert indices.unique().numel() == 7
-    assert set(indices.tolist()) <= set(range(10, 50))
+    assert set(indices.tolist()) <= set(CANDIDATES.tolist()), "absolute indices from the candidates"
     if selection.scores is not None:
         assert selection.scores.shape == (7,)
 
-    again = strategy.select(make_context(model, loss_module, dataset), 7)
+    again = strategy.select(make_context(model, aux, dataset), 7)
     assert torch.equal(indices, again.indices), "same seed must give the same selection"
 
     assert model.training, "a strategy must not change the model's mode"
-    assert all(p.grad is None for p in model.parameters())
-    for key, value in model.state_dict().items():
+    assert all(p.grad is None for p in [*model.parameters(), *aux_model.parameters()])
+    for key, value in state(model).items():
         assert torch.equal(value, before[key]), f"{name} changed {key}"
+    for key, value in state(aux_model).items():
+        assert torch.equal(value, aux_before[key]), f"{name} changed w_aux's {key}"
 
-    with pytest.raises(ValueError, match="cannot select"):
-        strategy.select(make_context(model, loss_module, dataset), 41)
+    with pytest.raises(QuerySizeError, match="cannot select 41 images from 40 candidates"):
+        strategy.select(make_context(model, aux, dataset), 41)
+    with pytest.raises(QuerySizeError, match="query size must be >= 1"):
+        strategy.select(make_context(model, aux, dataset), 0)
 
 
-def test_score_based_strategies_pick_the_highest_scores(model, loss_module, dataset) -> None:  # type: ignore[no-untyped-def]
-    ctx = make_context(model, loss_module, dataset)
+def test_create_strategy_refuses_an_option_the_strategy_does_not_take() -> None:
+    with pytest.raises(UserError, match="strategy 'random' takes no option reduction; its options: none"):
+        create_strategy("random", reduction="global")
+    with pytest.raises(UserError, match="takes no option reductoin; its options: reduction, score_bf16"):
+        create_strategy("lplgrad", reductoin="global")
+
+
+def test_score_based_strategies_pick_the_highest_scores(model, aux_model, dataset) -> None:
+    ctx = make_context(model, aux_model, dataset)
     for name in ["entropy", "lplgrad", "learning-loss"]:
         strategy = create_strategy(name)
         scores = strategy.score(ctx)
+        assert scores.shape == CANDIDATES.shape
         chosen = strategy.select(ctx, 5)
-        assert torch.equal(chosen.scores, scores.topk(5).values)  # type: ignore[arg-type]
+        assert torch.equal(chosen.scores, scores.topk(5).values)
 
 
-def test_uses_loss_module_is_part_of_the_strategy() -> None:
-    with_aux = {n for n in list_strategies() if create_strategy(n).uses_loss_module}
+def test_uses_aux_model_is_part_of_the_strategy() -> None:
+    with_aux = {n for n in list_strategies() if create_strategy(n).uses_aux_model}
     assert with_aux == {"lplgrad", "learning-loss"}
 
 
 def test_gradient_strategies_record_their_reduction() -> None:
-    assert create_strategy("lplgrad").reduction == "layer_sum"  # type: ignore[attr-defined]
-    assert create_strategy("ent-gradnorm", reduction="global").reduction == "global"  # type: ignore[attr-defined]
+    assert create_strategy("lplgrad").reduction == "layer_sum"
+    assert create_strategy("ent-gradnorm", reduction="global").reduction == "global"
 
 
 def test_top_k_breaks_ties_by_lower_index_and_puts_nan_last() -> None:

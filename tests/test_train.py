@@ -9,7 +9,7 @@ import torch
 from lplgrad.config import TrainConfig
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.train import fit, make_optimizer
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 # Also run by README's test command under AVX2 kernels (pytest -m determinism), see pyproject.toml.
 pytestmark = pytest.mark.determinism
@@ -21,27 +21,27 @@ def models() -> tuple[ResNet18, LossPredictionModule]:
     return model, LossPredictionModule(model.feature_channels, hidden=8)
 
 
-def trained(epoch_loss: float, with_loss_module: bool) -> tuple[dict, dict]:  # type: ignore[type-arg]
-    model, loss_module = models()
-    config = TrainConfig(epochs=3, batch_size=16, lr=0.05, epoch_loss=epoch_loss)
-    fit(model, make_dataset(), torch.arange(48), config, seed=3, loss_module=loss_module if with_loss_module else None)
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(loss_module.state_dict())
+def trained(detach_fraction: float, with_aux_model: bool) -> tuple[dict, dict]:
+    model, aux_model = models()
+    config = TrainConfig(epochs=3, batch_size=16, lr=0.05, detach_fraction=detach_fraction)
+    fit(model, make_dataset(), torch.arange(48), config, seed=3, aux_model=aux_model if with_aux_model else None)
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(aux_model.state_dict())
 
 
 def test_features_detached_from_the_start_leave_the_backbone_as_plain_cross_entropy_training() -> None:
-    """epoch_loss = 0: w_aux trains on detached features, so the backbone sees exactly the CE gradients
+    """detach_fraction = 0: w_aux trains on detached features, so the backbone sees exactly the CE gradients
     (same data order, same augmentations) and ends bit-for-bit where training without w_aux ends."""
-    plain, _ = trained(0.0, with_loss_module=False)
-    detached, loss_module_after = trained(0.0, with_loss_module=True)
+    plain, _ = trained(0.0, with_aux_model=False)
+    detached, aux_model_after = trained(0.0, with_aux_model=True)
     for name, value in plain.items():
         torch.testing.assert_close(detached[name], value, rtol=0, atol=0)
-    _, loss_module_before = models()
-    assert any(not torch.equal(loss_module_after[k], v) for k, v in loss_module_before.state_dict().items())
+    _, aux_model_before = models()
+    assert any(not torch.equal(aux_model_after[k], v) for k, v in aux_model_before.state_dict().items())
 
 
 def test_the_ranking_loss_shapes_the_backbone_until_the_detach_point() -> None:
-    plain, _ = trained(0.0, with_loss_module=False)
-    joint, _ = trained(1.0, with_loss_module=True)
+    plain, _ = trained(0.0, with_aux_model=False)
+    joint, _ = trained(1.0, with_aux_model=True)
     assert not torch.equal(joint["stem.0.weight"], plain["stem.0.weight"])
     assert not torch.equal(joint["stages.3.1.conv2.weight"], plain["stages.3.1.conv2.weight"])
 
@@ -61,9 +61,9 @@ def test_milestones_are_fractions_of_the_epochs() -> None:
 def test_a_last_batch_of_one_image_is_skipped() -> None:
     """33 images in batches of 16 leave one image: on 8x8 inputs ResNet-18's last stage is 1x1, where
     BatchNorm cannot normalize a single sample; the epoch must still train on the other 32."""
-    model, loss_module = models()
+    model, aux_model = models()
     config = TrainConfig(epochs=2, batch_size=16, lr=0.05)
-    loss = fit(model, make_dataset(), torch.arange(33), config, seed=0, loss_module=loss_module)
+    loss = fit(model, make_dataset(), torch.arange(33), config, seed=0, aux_model=aux_model)
     assert math.isfinite(loss) and loss > 0
 
 

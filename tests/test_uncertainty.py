@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lplgrad.uncertainty import entropy, least_confidence, margin
+from lplgrad.scoring.uncertainty import entropy, least_confidence, margin
 
 
 def test_entropy_of_uniform_is_log_c() -> None:

@@ -7,13 +7,13 @@ main-model parameters; the largest are labeled next.
 
 from lplgrad.config import RunConfig
 from lplgrad.data import Augment, Dataset, Split
-from lplgrad.datasets import list_datasets, load_dataset
+from lplgrad.data.loaders import list_datasets, load_dataset
 from lplgrad.experiment import run_experiment
-from lplgrad.gradnorm import per_sample_grad_norms
 from lplgrad.inference import evaluate, predict
 from lplgrad.losses import loss_prediction_loss
 from lplgrad.models import LossPredictionModule, ModelOutput, ResNet18
 from lplgrad.pool import Pool
+from lplgrad.scoring.gradnorm import per_sample_grad_norms
 from lplgrad.strategies import QueryContext, Selection, Strategy, create_strategy, list_strategies, register_strategy
 from lplgrad.train import fit
 

@@ -1,19 +1,19 @@
 """Crash-safe state of a run folder, so a killed run resumes exactly where it stopped.
 
-After each finished round of a (strategy, trial), DIR/checkpoints/<strategy>-trial<t>.pt is
-replaced atomically (temporary file in the same folder, fsync, rename) with: the round just
-finished, the pool's ``labeled_at`` after that round's query, the weights of w_main and w_aux
-(for warm starts; dropped once the last round is done) and every results row of that
-(strategy, trial) so far. The row is appended to results.jsonl only after the checkpoint exists,
-so a kill between the two loses nothing, and a results file that was deleted or damaged is
-rebuilt from the checkpoints on ``--resume``.
+After each finished round of a (strategy, trial), ``run_folder.RunFolderRecorder`` replaces
+DIR/checkpoints/<strategy>-trial<t>.pt atomically (temporary file in the same folder, fsync,
+rename) with: the round just finished, the pool's ``labeled_at`` after that round's query,
+the weights of w_main and w_aux (for warm starts; dropped once the last round is done) and
+every results row of that (strategy, trial) so far. The row is appended to results.jsonl only
+after the checkpoint exists, so a kill between the two loses nothing, and a results file that
+was deleted or damaged is rebuilt from the checkpoints on ``--resume``.
 
 The file is a header line ``lplgrad-checkpoint sha256=<hex>`` followed by torch.save's bytes;
 the checksum is verified on load, so a damaged checkpoint is an error, never a silently wrong
 round. Files written before checksums existed (torch.save's bytes alone) still load.
 
 No random-number-generator state is needed: every random draw of a round comes from a
-generator seeded by (run seed, trial, round, purpose), see ``experiment.derive_seed``.
+generator seeded by (run seed, trial, round, purpose), see ``loop.derive_seed``.
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def load_checkpoint(out_dir: Path, strategy: str, trial: int) -> dict[str, Any] 
         state: dict[str, Any] = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         if "rows" not in state:
             state["rows"] = [state["row"]]  # older checkpoints kept only their last row
+        if "loss_module" in state:
+            state["aux_model"] = state.pop("loss_module")  # w_aux's weights, named so before 0.2
     except Exception as error:  # torch raises many types for unreadable bytes
         raise DamagedCheckpoint(path, strategy, trial, f"unreadable: {type(error).__name__}") from error
     return state

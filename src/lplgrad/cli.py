@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from lplgrad import config as cfg
-from lplgrad.datasets import check_dataset_name, list_datasets
+from lplgrad import config_files
+from lplgrad.data.loaders import check_dataset_name, list_datasets
 from lplgrad.errors import UserError
 from lplgrad.experiment import TrialsFailed, run_experiment
 from lplgrad.report import write_report
@@ -24,11 +25,11 @@ FLAG_KEYS = {
     "dataset": "data.name",
     "strategy": "active.strategies",
     "trials": "active.trials",
-    "initial": "active.initial",
-    "query": "active.query",
+    "initial": "active.initial_size",
+    "query": "active.query_size",
     "rounds": "active.rounds",
     "budget": "active.budget",
-    "subset": "active.subset",
+    "subset": "active.candidate_subset",
     "epochs": "train.epochs",
     "width": "model.width",
     "seed": "seed",
@@ -126,16 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
     """Preset <- file <- flags <- --set, then resolved over the defaults."""
-    values: dict[str, Any] = cfg.read_preset(args.preset) if args.preset else {}
+    values: dict[str, Any] = config_files.read_preset(args.preset) if args.preset else {}
     if args.config:
-        values.update(cfg.read_toml(args.config))
+        values.update(config_files.read_toml(args.config))
     for flag, key in FLAG_KEYS.items():
         value = getattr(args, flag)
         if value is not None:
             values[key] = value
     if args.rounds is not None:
-        values["active.budget"] = 0  # --rounds asks to stop by rounds, even over a preset's or file's budget
-    values.update(cfg.parse_set(args.set))
+        values["active.budget"] = None  # --rounds asks to stop by rounds, even over a preset's or file's budget
+    values.update(config_files.parse_set(args.set))
     config = cfg.resolve(values)
     check_dataset_name(config.data.name)
     for name in config.active.strategies:
@@ -184,7 +185,7 @@ def _main(args: argparse.Namespace) -> int:
         elif args.command == "report":
             print(f"report: {write_report(args.dirs, args.out)}")
         elif args.command == "presets":
-            print("\n".join(cfg.list_presets()))
+            print("\n".join(config_files.list_presets()))
         elif args.command == "datasets":
             print("\n".join(list_datasets()))
         elif args.command == "demo":

@@ -1,21 +1,22 @@
-"""Run configuration: dataclass defaults <- per-dataset defaults <- TOML file <- CLI flags <- --set.
+"""Run configuration: the schema (dataclasses), its validation, and resolution in the order
+dataclass defaults <- the dataset's registered defaults <- preset <- TOML file <- CLI flags <- --set.
 
-Every key is a dotted path into ``RunConfig`` (``train.lr``, ``active.query``,
-``seed``); unknown keys and values of the wrong type are errors that name the
-valid choices. The resolved configuration is written next to the results as
-config.toml, and that file can be passed back with ``--config``.
+Every key is a dotted path into ``RunConfig`` (``train.lr``, ``active.query_size``, ``seed``);
+unknown keys and values of the wrong type are errors that name the valid choices. None means
+"not set". Reading and writing settings as text is ``config_files.py``; the resolved
+configuration is written next to the results as config.toml, which ``--config`` reads back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from lplgrad.data.loaders import dataset_defaults
 from lplgrad.errors import UserError
 
 
@@ -24,7 +25,7 @@ class DataConfig:
     name: str = "digits"
     root: str = "data"  # where torchvision datasets live / are downloaded
     download: bool = False
-    image_size: int = 0  # square size to resize folder images to; 0 = native if uniform, else 224
+    image_size: int | None = None  # square size to resize folder images to; None: native if uniform, else 224
     holdout: float = 0.2  # test fraction for data without a test split (digits, caltech101, one folder)
     split_seed: int = 0  # the holdout split is fixed across trials so every trial has the same test set
     cache_dir: str = ""  # decoded image folders; "" = $LPLGRAD_CACHE or ~/.cache/lplgrad
@@ -35,7 +36,7 @@ class DataConfig:
 class ModelConfig:
     width: int = 64  # channels of ResNet-18's first stage (64 in the paper)
     stem: str = "auto"  # auto (cifar for images <= 64 px, else imagenet) | cifar | imagenet
-    loss_module_hidden: int = 128
+    aux_hidden: int = 128  # hidden units per feature level in w_aux, the loss prediction module
 
 
 @dataclass
@@ -48,8 +49,8 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.8])  # fractions of epochs; lr *= gamma there
     gamma: float = 0.1
     margin: float = 1.0  # of the ranking loss
-    loss_weight: float = 1.0  # lambda: total = CE + lambda * ranking loss
-    epoch_loss: float = 0.6  # fraction of epochs after which w_aux's inputs are detached (120 of 200)
+    ranking_weight: float = 1.0  # lambda: total = CE + lambda * ranking loss of w_aux
+    detach_fraction: float = 0.6  # fraction of epochs after which w_aux's inputs are detached (120 of 200)
     warm_start: bool = True  # keep the models across rounds, as the paper's public code does
     eval_batch_size: int = 512
     channels_last: bool = False  # channels_last training batches: faster on some CPUs, not bit-reproducible
@@ -59,14 +60,14 @@ class TrainConfig:
 class ActiveConfig:
     strategies: list[str] = field(default_factory=lambda: ["lplgrad"])
     trials: int = 1
-    initial: int = 1000  # B: size of the random initial labeled set
-    query: int = 1000  # images labeled per round
-    rounds: int = 10  # training rounds (rounds - 1 queries); ignored when budget > 0
-    budget: int = 0  # A: final labeled-set size; > 0 overrides rounds
+    initial_size: int = 1000  # B: size of the random initial labeled set
+    query_size: int = 1000  # images labeled per round
+    rounds: int = 10  # training rounds (rounds - 1 queries); ignored when a budget is set
+    budget: int | None = None  # A: final labeled-set size; when set, overrides rounds
     trial_offset: int = 0  # run trials trial_offset .. trial_offset + trials - 1 (split work across machines)
-    subset: int = 10000  # R: random unlabeled candidates scored per round (Beluch et al. 2018)
+    candidate_subset: int = 10000  # R: random unlabeled candidates scored per round (Beluch et al. 2018)
     reduction: str = "layer_sum"  # gradient-norm aggregation: layer_sum (public code) | global (eq. 8)
-    mixed_precision: bool = False  # bf16 autocast for gradient-norm scoring (GPU speed; scores approximate)
+    score_bf16: bool = False  # bf16 autocast for gradient-norm scoring (GPU speed; scores approximate)
     score_batch_size: int = 256
 
 
@@ -82,47 +83,8 @@ class RunConfig:
     save_artifacts: bool = False  # features and confidences at 3 rounds, for t-SNE / confidence figures
 
 
-# The paper's Section IV.A / Table I settings; digits is the small embedded default.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cifar10": {"train.lr": 0.1, "train.epochs": 200, "train.milestones": [0.8], "train.batch_size": 128},
-    "cifar100": {"train.lr": 0.1, "train.epochs": 200, "train.milestones": [0.8], "train.batch_size": 128},
-    "svhn": {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128},
-    "caltech101": {
-        "train.lr": 0.01,
-        "train.epochs": 50,
-        "train.milestones": [0.8],
-        "train.batch_size": 80,
-        "active.initial": 500,
-        "active.query": 500,
-    },
-    "imagefolder": {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128},
-    "digits": {
-        "train.lr": 0.05,
-        "train.epochs": 30,
-        "train.milestones": [0.8],
-        "train.batch_size": 20,
-        "model.width": 8,
-        "active.initial": 40,
-        "active.query": 40,
-        "active.rounds": 5,
-    },
-}
-
-
-PRESET_DIR = Path(__file__).parent / "presets"
 # Keys that select a slice of a run; slices of one run may differ only in these.
 SLICE_KEYS = ("active.strategies", "active.trials", "active.trial_offset")
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-
-
-def read_preset(name: str) -> dict[str, Any]:
-    """A shipped preset (``lplgrad presets`` lists them) as dotted keys."""
-    if name not in list_presets():
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
-    return read_toml(PRESET_DIR / f"{name}.toml")
 
 
 def without_slice(config: RunConfig) -> dict[str, Any]:
@@ -130,8 +92,15 @@ def without_slice(config: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in flatten(to_dict(config)).items() if k not in SLICE_KEYS}
 
 
-def dataset_family(name: str) -> str:
-    return name.split(":", 1)[0]
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -169,6 +138,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if isinstance(value, str):
             return value
         raise bad
+    if isinstance(kind, types.UnionType):  # X | None: None means "not set"
+        if value is None:
+            return None
+        (inner,) = [k for k in typing.get_args(kind) if k is not type(None)]
+        return _coerce(key, value, inner)
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
         if isinstance(value, str):
@@ -184,52 +158,6 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             raise bad
         return [_coerce(key, v, item) for v in value]
     raise bad
-
-
-def parse_value(raw: str) -> Any:
-    """A --set value: TOML syntax when it parses (1, 0.1, true, [0.5, 0.8]), else the plain string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """['train.lr=0.01', ...] -> {'train.lr': 0.01, ...}."""
-    values = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects key=value, got {item!r}")
-        values[key.strip()] = parse_value(raw.strip())
-    return values
-
-
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """A config file as dotted keys; a missing or malformed file is a UserError."""
-    try:
-        with open(path, "rb") as handle:
-            return flatten(tomllib.load(handle))
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {path} is a folder; give a .toml file (e.g. DIR/config.toml)") from None
-    except OSError as error:
-        raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text (TOML files must be)") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"config file {path} is not valid TOML: {error}") from None
 
 
 def check_keys(values: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +192,7 @@ def resolve(user_values: dict[str, Any]) -> RunConfig:
     """Defaults <- dataset defaults <- ``user_values`` (dotted keys from file, flags and --set, in that order)."""
     user_values = check_keys(user_values)
     name = user_values.get("data.name", DataConfig.name)
-    defaults = DATASET_DEFAULTS.get(dataset_family(name), {})
+    defaults = dataset_defaults(name)
     config = apply(apply(RunConfig(), check_keys(defaults)), user_values)
     validate(config)
     return config
@@ -276,10 +204,11 @@ def validate(config: RunConfig) -> None:
         "train.epochs": config.train.epochs,
         "train.batch_size": config.train.batch_size,
         "active.trials": config.active.trials,
-        "active.initial": config.active.initial,
-        "active.query": config.active.query,
+        "active.initial_size": config.active.initial_size,
+        "active.query_size": config.active.query_size,
         "active.rounds": config.active.rounds,
-        "active.subset": config.active.subset,
+        "active.candidate_subset": config.active.candidate_subset,
+        "model.aux_hidden": config.model.aux_hidden,
         "model.width": config.model.width,
         "active.score_batch_size": config.active.score_batch_size,
         "train.eval_batch_size": config.train.eval_batch_size,
@@ -290,14 +219,15 @@ def validate(config: RunConfig) -> None:
     if config.train.batch_size < 2:  # BatchNorm batch statistics and the ranking loss's pairs need two
         raise UserError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
     _check_training_numbers(config.train)
-    if config.model.loss_module_hidden < 1:
-        raise UserError(f"model.loss_module_hidden must be >= 1, got {config.model.loss_module_hidden}")
-    if config.active.initial < 2:  # a batch of one is skipped in training (BatchNorm), so one image trains nothing
-        raise UserError(f"active.initial must be >= 2 (training needs two labeled images), got {config.active.initial}")
-    if config.active.subset < config.active.query:
+    active = config.active
+    if active.initial_size < 2:  # a batch of one is skipped in training (BatchNorm), so one image trains nothing
         raise UserError(
-            f"active.subset ({config.active.subset}) must be >= active.query ({config.active.query}): "
-            "each query picks from the scored candidates"
+            f"active.initial_size must be >= 2 (training needs two labeled images), got {active.initial_size}"
+        )
+    if active.candidate_subset < active.query_size:
+        raise UserError(
+            f"active.candidate_subset ({active.candidate_subset}) must be >= active.query_size "
+            f"({active.query_size}): each query picks from the scored candidates"
         )
     duplicates = sorted({s for s in config.active.strategies if config.active.strategies.count(s) > 1})
     if duplicates:
@@ -307,11 +237,11 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"seed must be in [0, 2**32) for every trial (seed + trial), got {config.seed}")
     if config.active.trial_offset < 0:
         raise UserError(f"active.trial_offset must be >= 0, got {config.active.trial_offset}")
-    if config.active.budget < 0:
-        raise UserError(f"active.budget must be >= 0, got {config.active.budget}")
-    if 0 < config.active.budget < config.active.initial:
+    if active.budget is not None and active.budget < active.initial_size:
+        raise UserError(f"active.budget ({active.budget}) is smaller than the initial set ({active.initial_size})")
+    if config.data.image_size is not None and config.data.image_size < 1:
         raise UserError(
-            f"active.budget ({config.active.budget}) is smaller than the initial set ({config.active.initial})"
+            f"data.image_size must be >= 1 (leave it out for the native size), got {config.data.image_size}"
         )
     if not 0 < config.data.holdout < 1:
         raise UserError(f"data.holdout must be between 0 and 1, got {config.data.holdout}")
@@ -323,9 +253,9 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     if not config.active.strategies:
         raise UserError("no strategy given")
-    for fraction in [*config.train.milestones, config.train.epoch_loss]:
+    for fraction in [*config.train.milestones, config.train.detach_fraction]:
         if not 0 <= fraction <= 1:
-            raise UserError(f"train.milestones and train.epoch_loss are fractions of the epochs, got {fraction}")
+            raise UserError(f"train.milestones and train.detach_fraction are fractions of the epochs, got {fraction}")
 
 
 def _check_training_numbers(train: TrainConfig) -> None:
@@ -336,7 +266,7 @@ def _check_training_numbers(train: TrainConfig) -> None:
         ("train.weight_decay", train.weight_decay, 0 <= train.weight_decay < math.inf, ">= 0 and finite"),
         ("train.gamma", train.gamma, 0 <= train.gamma < math.inf, ">= 0 and finite"),
         ("train.margin", train.margin, 0 <= train.margin < math.inf, ">= 0 and finite"),
-        ("train.loss_weight", train.loss_weight, 0 <= train.loss_weight < math.inf, ">= 0 and finite"),
+        ("train.ranking_weight", train.ranking_weight, 0 <= train.ranking_weight < math.inf, ">= 0 and finite"),
     ]
     for key, value, ok, rule in checks:
         if not ok:  # NaN fails every comparison, so it lands here too
@@ -345,26 +275,3 @@ def _check_training_numbers(train: TrainConfig) -> None:
 
 def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def to_toml(config: RunConfig) -> str:
-    """The resolved configuration as TOML that ``--config`` reads back to the same RunConfig."""
-    table = to_dict(config)
-    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for section, values in table.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-    return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+from lplgrad.results import RoundRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -15,19 +17,19 @@ class RoundLogger:
     def __init__(self, total_rounds: int) -> None:
         self.total, self.done, self.start = total_rounds, 0, time.perf_counter()
 
-    def __call__(self, row: dict[str, Any]) -> None:
+    def round_finished(self, record: RoundRecord, learner: Any) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.start
         remaining = elapsed / self.done * (self.total - self.done)
         log.info(
             "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs, query %.1fs [%d/%d, ETA %s]",
-            row["strategy"],
-            row["trial"],
-            row["round"],
-            row["labeled"],
-            100 * row["test_accuracy"],
-            row["train_seconds"],
-            row["query_seconds"],
+            record.strategy,
+            record.trial,
+            record.round,
+            record.labeled,
+            100 * record.test_accuracy,
+            record.train_seconds,
+            record.query_seconds,
             self.done,
             self.total,
             _duration(remaining),

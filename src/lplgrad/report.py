@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from lplgrad import artifacts, plots
-from lplgrad.config import RunConfig, read_toml, resolve
+from lplgrad.config import RunConfig, resolve
+from lplgrad.config_files import read_toml
 from lplgrad.errors import UserError
-from lplgrad.experiment import labeled_schedule
 from lplgrad.metrics import aubc, paired_difference
 from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_results, write_atomic
+from lplgrad.schedule import labeled_schedule
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def missing_lines(run: Run) -> list[str]:
     if run.config is None:
         return ["no config.toml: cannot tell which rounds are missing"]
     active = run.config.active
-    sizes = labeled_schedule(active.initial, active.query, active.rounds, active.budget, 10**12)
+    sizes = labeled_schedule(active.initial_size, active.query_size, active.rounds, active.budget)
     present = {(r["strategy"], r["trial"], r["round"]) for r in run.rows}
     lines = []
     strategies = list(dict.fromkeys([*active.strategies, *methods_in(run.rows)]))
@@ -116,7 +117,7 @@ def missing_lines(run: Run) -> list[str]:
     return lines
 
 
-def accuracy_table(run: Run) -> list[str]:
+def accuracy_section(run: Run) -> list[str]:
     """Table III: methods x labeled sizes, mean ± std (%) over trials, best mean per column in bold, AUBC."""
     acc = curves(run.rows)
     sizes = sorted({r["labeled"] for r in run.rows})
@@ -311,7 +312,7 @@ def write_report(dirs: list[Path], out_dir: Path | None = None) -> Path:
         "Mean ± std over trials; best mean per column in bold. AUBC: area under the accuracy-vs-labeled curve "
         "divided by the labeled range (a mean accuracy, %), over trials with every round.",
         "",
-        *accuracy_table(run),
+        *accuracy_section(run),
         "",
         "## Paired differences to random",
         "",

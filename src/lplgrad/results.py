@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -14,6 +15,30 @@ from typing import Any, BinaryIO
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One line of results.jsonl: a finished (strategy, trial, round). The schema of the file."""
+
+    strategy: str
+    trial: int
+    seed: int  # the trial's seed, run seed + trial
+    round: int
+    labeled: int  # size of the labeled set the model was trained on
+    test_accuracy: float  # fraction
+    per_class_accuracy: list[float | None]  # None for a class with no test images
+    train_seconds: float
+    query_seconds: float
+    candidates: int  # unlabeled images scored after this round (0 in the last round)
+    selected: list[int]  # absolute training-set indices queried after this round
+    selected_labels: list[int]
+    selected_scores: list[float] | None  # None for strategies without scores (random, coreset)
+    reduction: str | None  # the gradient-norm reduction of gradient-norm strategies
+    device: str
+
+    def to_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 REQUIRED_KEYS = ("strategy", "trial", "round", "labeled", "test_accuracy")

@@ -1,5 +1,6 @@
-"""The run folder (``--out``): checked before any data is loaded, then made ready for a fresh run,
-another slice of the same run, or ``--resume``; a folder holding another run is never overwritten."""
+"""The run folder (``--out``): checked before any data is loaded, locked for the life of a run, made
+ready for a fresh run, another slice of the same run, or ``--resume`` (a folder holding another run
+is never overwritten), and written after each round by ``RunFolderRecorder``."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lplgrad.checkpoint import CHECKPOINT_DIR, load_checkpoint, repair_results
-from lplgrad.config import RunConfig, read_toml, resolve, to_toml, without_slice
+import torch
+
+from lplgrad import artifacts
+from lplgrad.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, repair_results, save_checkpoint
+from lplgrad.config import RunConfig, resolve, without_slice
+from lplgrad.config_files import read_toml, to_toml
+from lplgrad.data import Dataset
 from lplgrad.errors import UserError
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_rows, write_atomic
+from lplgrad.loop import SEED_ARTIFACTS, Learner, derive_seed
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, RoundRecord, append_row, read_rows, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +126,43 @@ def prepare_out_dir(
         names = ", ".join(f"{s} trial {t}" for s, t in overlap[:4])
         raise UserError(f"{out_dir} already holds results for {names}; add --resume to continue the run")
     return {}
+
+
+class RunFolderRecorder:
+    """The observer that writes one (strategy, trial)'s rounds into the run folder.
+
+    Per round: artifacts (with ``save_artifacts``, at the first, middle and last round), then the
+    checkpoint (every row so far, the pool and, unless it was the last round, the weights), and
+    only then the results row, so a kill between the two loses nothing.
+    """
+
+    def __init__(
+        self, out_dir: Path, config: RunConfig, dataset: Dataset, num_rounds: int, earlier_rows: list[dict[str, Any]]
+    ) -> None:
+        self.out_dir, self.config, self.dataset, self.num_rounds = out_dir, config, dataset, num_rounds
+        self.rows = list(earlier_rows)  # this pair's rows from before a resume
+
+    def round_finished(self, record: RoundRecord, learner: Learner) -> None:
+        if self.config.save_artifacts and record.round in artifacts.artifact_rounds(self.num_rounds):
+            trained_on = (learner.pool.labeled_at >= 0) & (learner.pool.labeled_at <= record.round)
+            found = artifacts.collect(
+                learner.model,
+                self.dataset,
+                torch.nonzero(trained_on).flatten(),
+                torch.nonzero(~trained_on).flatten(),
+                derive_seed(self.config.seed, 0, SEED_ARTIFACTS),
+                self.config.train.eval_batch_size,
+            )
+            artifacts.save(self.out_dir, record.strategy, record.trial, record.round, found)
+        row = record.to_row()
+        self.rows.append(row)
+        state: dict[str, Any] = {
+            "round": record.round,
+            "labeled_at": learner.pool.labeled_at.clone(),
+            "rows": self.rows,
+        }
+        if record.round + 1 < self.num_rounds:  # weights are only needed to continue
+            state["model"] = learner.model.state_dict()
+            state["aux_model"] = learner.aux_model.state_dict()
+        save_checkpoint(checkpoint_path(self.out_dir, record.strategy, record.trial), state)
+        append_row(self.out_dir / RESULTS_FILE, row)

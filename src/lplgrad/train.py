@@ -2,7 +2,7 @@
 
 Total loss (Yoo & Kweon 2019, eq. 3; LPLgrad Sec. III.B):
     L = mean_i CE(w_main(x_i), y_i) + lambda * L_rank(w_aux(features_i), CE_i)
-After ``epoch_loss`` of the epochs the features fed to w_aux are detached, so
+After ``detach_fraction`` of the epochs the features fed to w_aux are detached, so
 the ranking loss stops shaping the backbone.
 """
 
@@ -51,27 +51,29 @@ def fit(
     labeled: Tensor,
     config: TrainConfig,
     seed: int,
-    loss_module: nn.Module | None = None,
+    aux_model: nn.Module | None = None,
     progress: bool = False,
     description: str = "train",
 ) -> float:
-    """Train ``model`` (and ``loss_module`` when given) on ``dataset.train[labeled]``.
+    """Train ``model`` (w_main, and w_aux ``aux_model`` when given) on ``dataset.train[labeled]``.
 
-    ``seed`` fixes the data order and augmentation. Returns the mean total loss of
-    the last epoch. Raises TrainingDiverged on a NaN/inf loss.
+    ``seed`` fixes the data order and augmentation; with ``progress``, a tqdm bar named
+    ``description`` shows the epochs on a terminal. Returns the mean total loss of the last
+    epoch. Raises TrainingDiverged on a NaN/inf loss, or weights that are not finite or too
+    large after training.
     """
     device = next(model.parameters()).device
     order_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed)
     labeled = labeled.to(device)
     images, labels = dataset.train.images, dataset.train.labels
-    modules = [m for m in (model, loss_module) if m is not None]
+    modules = [m for m in (model, aux_model) if m is not None]
     optimizer, scheduler = make_optimizer(modules, config)
-    detach_epoch = round(config.epoch_loss * config.epochs)
+    detach_epoch = round(config.detach_fraction * config.epochs)
     for module in modules:
         module.train()
 
-    epoch_loss = 0.0
+    mean_loss = 0.0
     show = progress and sys.stderr.isatty()
     for epoch in tqdm(range(config.epochs), desc=description, disable=not show, leave=False):
         order = labeled[torch.randperm(labeled.numel(), generator=order_generator).to(device)]
@@ -88,25 +90,25 @@ def fit(
             logits, features = split_output(model(x))
             per_sample = F.cross_entropy(logits, y, reduction="none")
             loss = per_sample.mean()
-            if loss_module is not None:
+            if aux_model is not None:
                 if features is None:
-                    raise ValueError("training with the loss module needs a model that returns feature maps")
+                    raise ValueError("training with w_aux needs a model that returns feature maps")
                 if epoch >= detach_epoch:
                     features = [f.detach() for f in features]
-                predicted = loss_module(features)
-                loss = loss + config.loss_weight * loss_prediction_loss(predicted, per_sample, config.margin)
+                predicted = aux_model(features)
+                loss = loss + config.ranking_weight * loss_prediction_loss(predicted, per_sample, config.margin)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * batch.numel()
             seen += batch.numel()
         scheduler.step()
-        epoch_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
-        if not math.isfinite(epoch_loss):
+        mean_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
+        if not math.isfinite(mean_loss):
             raise TrainingDiverged(epoch)
     if not weights_healthy(modules):  # the loss is measured before each step, so the last step is checked here
         raise TrainingDiverged(config.epochs - 1, f"weights are not finite or exceed {WEIGHT_LIMIT:g} after")
-    return epoch_loss
+    return mean_loss
 
 
 # No weight of a ResNet trained with weight decay comes near this (they stay within about 10);

@@ -7,6 +7,7 @@ always. A strategy never changes weights or train/eval mode.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ class QueryContext:
     candidates: absolute indices into ``dataset.train`` that may be selected, int64 [M].
     labeled: absolute indices already labeled, int64 [L].
     generator: seeded CPU generator, the only source of randomness a strategy may use.
-    loss_module: w_aux, when the strategy trained with it.
+    aux_model: w_aux, when the strategy trained with it.
     """
 
     model: nn.Module
@@ -31,8 +32,8 @@ class QueryContext:
     candidates: Tensor
     labeled: Tensor
     generator: torch.Generator
-    loss_module: nn.Module | None = None
-    batch_size: int = 256
+    aux_model: nn.Module | None = None
+    batch_size: int = 256  # images per forward pass of the forward-only scores
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,15 @@ class Selection:
     scores: Tensor | None = None
 
 
+class QuerySizeError(ValueError):
+    """A query asked for no images, or for more than there are candidates (the pool is exhausted)."""
+
+
 def check_k(k: int, num_candidates: int) -> None:
     if k < 1:
-        raise ValueError(f"query size must be >= 1, got {k}")
+        raise QuerySizeError(f"query size must be >= 1, got {k}")
     if k > num_candidates:
-        raise ValueError(f"cannot select {k} images from {num_candidates} candidates")
+        raise QuerySizeError(f"cannot select {k} images from {num_candidates} candidates")
 
 
 def top_k(candidates: Tensor, scores: Tensor, k: int) -> Selection:
@@ -63,7 +68,12 @@ class Strategy:
     """Base class. Score-based strategies implement ``score``; others override ``select``."""
 
     name: ClassVar[str] = ""
-    uses_loss_module: ClassVar[bool] = False  # train w_aux jointly with w_main for this strategy
+    uses_aux_model: ClassVar[bool] = False  # train w_aux jointly with w_main for this strategy
+
+    @classmethod
+    def options(cls) -> list[str]:
+        """The options ``create_strategy`` accepts: the dataclass fields of the strategy."""
+        return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())

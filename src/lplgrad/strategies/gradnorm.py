@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
-from lplgrad.gradnorm import Reduction, ScoreLoss, per_sample_grad_norms
-from lplgrad.inference import batches
+from lplgrad.scoring.gradnorm import Reduction, ScoreLoss, per_sample_grad_norms
 from lplgrad.strategies.base import QueryContext, Strategy
 from lplgrad.strategies.registry import register_strategy
 
@@ -17,18 +15,21 @@ from lplgrad.strategies.registry import register_strategy
 @dataclass(frozen=True)
 class _GradNormStrategy(Strategy):
     reduction: Reduction = "layer_sum"
-    mixed_precision: bool = False  # bf16 autocast: faster on GPUs, approximate scores
+    score_bf16: bool = False  # bf16 autocast: faster on GPUs, approximate scores
     loss: ClassVar[ScoreLoss] = "entropy"
 
     def score(self, ctx: QueryContext) -> Tensor:
+        """All candidates in one call: the engine probes the model once and chunks by its memory budget;
+        the uint8 images are normalized a chunk at a time."""
         images = ctx.dataset.train.images
-        return torch.cat(
-            [
-                per_sample_grad_norms(
-                    ctx.model, x, reduction=self.reduction, loss=self.loss, mixed_precision=self.mixed_precision
-                )
-                for x in batches(images, ctx.candidates, ctx.dataset, ctx.batch_size)
-            ]
+        candidates = images[ctx.candidates.to(images.device)]
+        return per_sample_grad_norms(
+            ctx.model,
+            candidates,
+            reduction=self.reduction,
+            loss=self.loss,
+            bf16=self.score_bf16,
+            transform=ctx.dataset.normalize,
         )
 
 
@@ -38,7 +39,7 @@ class LPLgrad(_GradNormStrategy):
     """LPLgrad (Gul et al.): train w_main with w_aux, query by the entropy gradient norm."""
 
     name = "lplgrad"
-    uses_loss_module = True
+    uses_aux_model = True
 
 
 @register_strategy

@@ -15,10 +15,10 @@ from lplgrad.strategies.registry import register_strategy
 @dataclass(frozen=True)
 class LearningLoss(Strategy):
     name = "learning-loss"
-    uses_loss_module = True
+    uses_aux_model = True
 
     def score(self, ctx: QueryContext) -> Tensor:
-        if ctx.loss_module is None:
+        if ctx.aux_model is None:
             raise ValueError("learning-loss needs the loss module (w_aux) trained with the model")
-        out = predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, loss_module=ctx.loss_module)
+        out = predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, aux_model=ctx.aux_model)
         return out["predicted_loss"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from lplgrad.errors import UserError
@@ -32,7 +31,10 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def create_strategy(name: str, **options: Any) -> Strategy:
-    """Instantiate a strategy; options it does not take (e.g. ``reduction`` for random) are ignored."""
+    """Instantiate a strategy with ``options``; one it does not take is an error naming those it does."""
     cls = strategy_class(name)
-    accepted: set[str] = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    return cls(**{k: v for k, v in options.items() if k in accepted})
+    unknown = sorted(set(options) - set(cls.options()))
+    if unknown:
+        valid = ", ".join(cls.options()) or "none"
+        raise UserError(f"strategy {name!r} takes no option {', '.join(unknown)}; its options: {valid}")
+    return cls(**options)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from lplgrad import uncertainty
 from lplgrad.inference import predict
+from lplgrad.scoring import uncertainty
 from lplgrad.strategies.base import QueryContext, Strategy
 from lplgrad.strategies.registry import register_strategy
 

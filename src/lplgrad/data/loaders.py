@@ -10,51 +10,84 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from lplgrad.config import DataConfig
-from lplgrad.data import Augment, Dataset, Split, channel_stats
+from lplgrad.data.augment import Augment
+from lplgrad.data.dataset import Dataset, Split, channel_stats
+from lplgrad.data.imagefolder import decode_folder, default_cache_dir
 from lplgrad.errors import UserError
-from lplgrad.imagefolder import decode_folder, default_cache_dir
+
+if TYPE_CHECKING:  # config.py asks this registry for dataset defaults, so only the type is imported
+    from lplgrad.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[DataConfig], Dataset]
-_LOADERS: dict[str, Loader] = {}
+Loader = Callable[["DataConfig"], Dataset]
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its loader and the training settings it defaults to (dotted config keys)."""
+
+    loader: Loader
+    defaults: dict[str, Any]
+    takes_path: bool = False  # named as NAME:PATH, e.g. imagefolder:/data/pets
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, defaults: dict[str, Any], takes_path: bool = False) -> Callable[[Loader], Loader]:
+    """Decorator: register a loader under ``name`` with its default settings (the paper's, where it has them)."""
+
     def decorator(loader: Loader) -> Loader:
-        _LOADERS[name] = loader
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _DATASETS[name] = DatasetEntry(loader, defaults, takes_path)
         return loader
 
     return decorator
 
 
 def list_datasets() -> list[str]:
-    """Registered dataset names; ``imagefolder:PATH`` takes a path."""
-    return sorted([*_LOADERS, "imagefolder:PATH"])
+    """Registered dataset names; those that take a path are listed as NAME:PATH."""
+    return sorted(f"{name}:PATH" if entry.takes_path else name for name, entry in _DATASETS.items())
+
+
+def _entry(name: str) -> DatasetEntry:
+    family, has_path, path = name.partition(":")
+    entry = _DATASETS.get(family)
+    if entry is None or entry.takes_path != bool(has_path and path):
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+    return entry
 
 
 def check_dataset_name(name: str) -> None:
-    if name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
-        return
-    if name not in _LOADERS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}")
+    _entry(name)
+
+
+def dataset_defaults(name: str) -> dict[str, Any]:
+    """The settings a dataset brings (dotted keys), {} for a name that is not registered."""
+    try:
+        return dict(_entry(name).defaults)
+    except UserError:
+        return {}
 
 
 def load_dataset(config: DataConfig) -> Dataset:
     """Load the dataset named by ``config.name`` (see ``list_datasets()``)."""
-    check_dataset_name(config.name)
-    if config.name.startswith("imagefolder:"):
-        return load_imagefolder(Path(config.name.split(":", 1)[1]).expanduser(), config)
-    return _LOADERS[config.name](config)
+    return _entry(config.name).loader(config)
+
+
+# The paper's Section IV.A / Table I settings: lr, epochs, lr milestones (fractions of the epochs), batch size.
+_CIFAR = {"train.lr": 0.1, "train.epochs": 200, "train.milestones": [0.8], "train.batch_size": 128}
+_SMALL_LR = {"train.lr": 0.01, "train.epochs": 200, "train.milestones": [0.2], "train.batch_size": 128}
 
 
 def _holdout(images: torch.Tensor, labels: torch.Tensor, config: DataConfig) -> tuple[Split, Split]:
@@ -98,7 +131,19 @@ def _torchvision(factory: Callable[..., Any], name: str, *args: Any, **kwargs: A
         ) from error
 
 
-@register_dataset("digits")
+@register_dataset(
+    "digits",  # the small embedded demo data: settings sized for a CPU
+    {
+        "train.lr": 0.05,
+        "train.epochs": 30,
+        "train.milestones": [0.8],
+        "train.batch_size": 20,
+        "model.width": 8,
+        "active.initial_size": 40,
+        "active.query_size": 40,
+        "active.rounds": 5,
+    },
+)
 def load_digits(config: DataConfig) -> Dataset:
     """scikit-learn's 1,797 8x8 grayscale digits (pixel values 0-16), split by a stratified holdout."""
     from sklearn.datasets import load_digits as sklearn_digits
@@ -124,17 +169,17 @@ def _cifar(config: DataConfig, name: str) -> Dataset:
     return _make(name, splits[0], splits[1], list(ds.classes), flip=True)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", _CIFAR)
 def load_cifar10(config: DataConfig) -> Dataset:
     return _cifar(config, "cifar10")
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", _CIFAR)
 def load_cifar100(config: DataConfig) -> Dataset:
     return _cifar(config, "cifar100")
 
 
-@register_dataset("svhn")
+@register_dataset("svhn", _SMALL_LR)
 def load_svhn(config: DataConfig) -> Dataset:
     """Street View House Numbers (train 73,257 / test 26,032). No flip: digits are not mirror-symmetric."""
     from torchvision import datasets
@@ -148,7 +193,17 @@ def load_svhn(config: DataConfig) -> Dataset:
     return _make("svhn", splits[0], splits[1], [str(d) for d in range(10)], flip=False)
 
 
-@register_dataset("caltech101")
+@register_dataset(
+    "caltech101",
+    {
+        "train.lr": 0.01,
+        "train.epochs": 50,
+        "train.milestones": [0.8],
+        "train.batch_size": 80,
+        "active.initial_size": 500,
+        "active.query_size": 500,
+    },
+)
 def load_caltech101(config: DataConfig) -> Dataset:
     """Caltech-101, resized to ``data.image_size`` (224 by default) and split by a stratified holdout."""
     from torchvision import datasets
@@ -164,8 +219,11 @@ def load_caltech101(config: DataConfig) -> Dataset:
     return _make("caltech101", train, test, classes, flip=True)
 
 
-def load_imagefolder(root: Path, config: DataConfig) -> Dataset:
-    """A folder with train/ and test/ class subfolders, or one folder of class subfolders (holdout split)."""
+@register_dataset("imagefolder", _SMALL_LR, takes_path=True)  # the paper's disaster-image settings
+def load_imagefolder(config: DataConfig) -> Dataset:
+    """``imagefolder:ROOT``: a folder with train/ and test/ class subfolders, or one folder of class
+    subfolders (holdout split)."""
+    root = Path(config.name.split(":", 1)[1]).expanduser()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     name = f"imagefolder:{root}"
     if (root / "train").is_dir() and (root / "test").is_dir():

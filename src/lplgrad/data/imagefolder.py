@@ -161,9 +161,9 @@ def _decode(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def choose_size(paths: list[Path], requested: int, workers: int) -> int:
-    """The square size to decode to: ``requested`` if > 0, else the common size, else 224."""
-    if requested > 0:
+def choose_size(paths: list[Path], requested: int | None, workers: int) -> int:
+    """The square size to decode to: ``requested`` if set, else the common size (0: keep), else 224."""
+    if requested:
         return requested
     with ThreadPoolExecutor(workers) as pool:
         sizes = Counter(s for s in pool.map(_header_size, paths) if s is not None)
@@ -178,7 +178,7 @@ def choose_size(paths: list[Path], requested: int, workers: int) -> int:
 def decode_folder(
     root: Path,
     classes: list[str] | None = None,
-    image_size: int = 0,
+    image_size: int | None = None,
     cache_dir: Path | None = None,
     workers: int | None = None,
 ) -> FolderImages:
@@ -187,7 +187,7 @@ def decode_folder(
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
     cache_dir = cache_dir or default_cache_dir()
     # Keyed by the requested size, so a cache hit needs no image header reads at all.
-    cache_file = cache_dir / f"folder-{_cache_key(paths, root, image_size)}.pt"
+    cache_file = cache_dir / f"folder-{_cache_key(paths, root, image_size or 0)}.pt"  # 0: native, as in 0.1
     if cache_file.exists():
         cached = torch.load(cache_file, weights_only=True)
         log.info("loaded %d decoded images of %s from cache %s", len(cached["labels"]), root, cache_file)

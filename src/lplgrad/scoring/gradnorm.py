@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from lplgrad.inference import eval_mode
-from lplgrad.layer_norms import SquaredNorms, conv2d_supported, conv2d_work_floats, fast_rule, generic_norms
 from lplgrad.models.output import split_output
+from lplgrad.scoring.layer_norms import SquaredNorms, conv2d_supported, conv2d_work_floats, fast_rule, generic_norms
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,8 @@ def per_sample_grad_norms(
     reduction: Reduction = "layer_sum",
     loss: ScoreLoss = "entropy",
     chunk_size: int | None = None,
-    mixed_precision: bool = False,
+    bf16: bool = False,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Score [B]: gradient norm of ``loss`` at each x_i of ``inputs`` w.r.t. all trainable parameters.
 
@@ -278,36 +279,56 @@ def per_sample_grad_norms(
     is the logits. It is put in eval mode for the call and returned to its mode; its weights,
     buffers and ``.grad`` fields are left as they were. Exact: equal to
     ``per_sample_grad_norms_loop`` up to float rounding. ``chunk_size`` (default: from a
-    memory budget) bounds the samples processed at once. ``mixed_precision`` runs the
+    memory budget) bounds the samples processed at once. ``bf16`` runs the
     forward/backward under bfloat16 autocast (channels_last on CUDA) with norms
-    accumulated in float32: faster on GPUs, approximate.
+    accumulated in float32: faster on GPUs, approximate. ``transform`` maps a chunk of
+    ``inputs`` to model inputs (e.g. uint8 images to normalized floats), so only a chunk
+    is ever held as floats.
     """
     if inputs.shape[0] == 0:
         return torch.zeros(0, device=inputs.device)
+    prepare = _chunk_preparer(transform, bf16)
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if mixed_precision:
+    if bf16:
         autocast = torch.autocast(inputs.device.type, dtype=torch.bfloat16)
-        if inputs.device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
     with eval_mode(model), torch.enable_grad(), autocast:
-        probe = _probe(model, inputs)
+        probe = _probe(model, prepare(inputs[:1]))
         if probe.hooks_exact:
             engine, default_chunk = _hooked_norms, _memory_budget(inputs.device) // probe.bytes_per_sample
         else:
             log.info("model shares parameters, calls a module twice or edits a layer output in place: using torch.func")
             engine, default_chunk = _vmap_norms, 8
-        scores = _in_chunks(engine, model, inputs, chunk_size or max(1, default_chunk), reduction, loss)
+        chunk = chunk_size or max(1, default_chunk)
+        scores = _in_chunks(engine, model, inputs, prepare, chunk, reduction, loss)
     return scores.detach()
 
 
+def _chunk_preparer(transform: Callable[[Tensor], Tensor] | None, bf16: bool) -> Callable[[Tensor], Tensor]:
+    """What turns a chunk of inputs into model inputs: ``transform``, then channels_last for bf16 on CUDA."""
+
+    def prepare(chunk: Tensor) -> Tensor:
+        x = transform(chunk) if transform is not None else chunk
+        if bf16 and x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    return prepare
+
+
 def _in_chunks(
-    engine: Any, model: nn.Module, inputs: Tensor, chunk: int, reduction: Reduction, loss: ScoreLoss
+    engine: Any,
+    model: nn.Module,
+    inputs: Tensor,
+    prepare: Callable[[Tensor], Tensor],
+    chunk: int,
+    reduction: Reduction,
+    loss: ScoreLoss,
 ) -> Tensor:
     """Run ``engine`` over chunks; on a GPU out-of-memory error, halve the chunk and retry that chunk."""
     scores, start = [], 0
     while start < inputs.shape[0]:
         try:
-            scores.append(engine(model, inputs[start : start + chunk], reduction, loss))
+            scores.append(engine(model, prepare(inputs[start : start + chunk]), reduction, loss))
             start += chunk
         except torch.OutOfMemoryError:
             if chunk == 1:

@@ -1,0 +1,112 @@
+"""Settings as text: TOML files (presets, --config, a run's config.toml), ``--set key=value``, and the
+migration of keys renamed since earlier versions, so old config files and run folders keep working."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from lplgrad.config import RunConfig, flatten, to_dict
+from lplgrad.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+# Keys renamed in 0.2, old -> new. Reading an old key maps it to the new one with a warning.
+RENAMED_KEYS = {
+    "train.epoch_loss": "train.detach_fraction",
+    "train.loss_weight": "train.ranking_weight",
+    "active.initial": "active.initial_size",
+    "active.query": "active.query_size",
+    "active.subset": "active.candidate_subset",
+    "active.mixed_precision": "active.score_bf16",
+    "model.loss_module_hidden": "model.aux_hidden",
+}
+# Keys where 0 meant "not set" before 0.2; now the key is simply absent (None).
+ZERO_MEANT_UNSET = ("active.budget", "data.image_size")
+
+
+def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Dotted keys of an earlier version mapped to today's names and values (warning once per key)."""
+    migrated: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in RENAMED_KEYS:
+            log.warning("%s: config key %s is now %s", source, key, RENAMED_KEYS[key])
+            key = RENAMED_KEYS[key]
+        if key in ZERO_MEANT_UNSET and value == 0:
+            continue
+        migrated[key] = value
+    return migrated
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    """A shipped preset (``lplgrad presets`` lists them) as dotted keys."""
+    if name not in list_presets():
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
+    return read_toml(PRESET_DIR / f"{name}.toml")
+
+
+def parse_value(raw: str) -> Any:
+    """A --set value: TOML syntax when it parses (1, 0.1, true, [0.5, 0.8]), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """['train.lr=0.01', ...] -> {'train.lr': 0.01, ...}."""
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = parse_value(raw.strip())
+    return migrate(values, "--set")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file as dotted keys; a missing or malformed file is a UserError."""
+    try:
+        with open(path, "rb") as handle:
+            return migrate(flatten(tomllib.load(handle)), str(path))
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; give a .toml file (e.g. DIR/config.toml)") from None
+    except OSError as error:
+        raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text (TOML files must be)") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(config: RunConfig) -> str:
+    """The resolved configuration as TOML that ``read_toml`` reads back; None (not set) is left out."""
+    table = to_dict(config)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict) and v is not None]
+    for section, values in table.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+    return "\n".join(lines) + "\n"
