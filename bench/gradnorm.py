@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from lplgrad.models import ResNet18
+from lplgrad.models.batchnorm import randomize_batchnorm
 from lplgrad.scoring import layer_norms
 from lplgrad.scoring.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
 
@@ -59,10 +60,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = ResNet18(10, width=args.width).to(device)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorm(model)  # eval-mode BatchNorm that is not the identity
     images = torch.randn(args.n, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (args.n,), device=device)
     loop_n = min(args.loop_n, args.n)

@@ -75,3 +75,16 @@ def test_malformed_or_missing_toml(tmp_path) -> None:
         config_files.read_toml(bad)
     with pytest.raises(UserError, match="does not exist"):
         config_files.read_toml(tmp_path / "missing.toml")
+
+
+def test_keys_of_earlier_versions_are_mapped_with_a_warning(tmp_path, caplog) -> None:
+    old = tmp_path / "config.toml"
+    old.write_text("[active]\ninitial = 30\nquery = 10\nsubset = 50\nbudget = 0\n[train]\nepoch_loss = 0.5\n")
+    config = cfg.resolve(config_files.read_toml(old))
+    assert (config.active.initial_size, config.active.query_size, config.active.candidate_subset) == (30, 10, 50)
+    assert config.active.budget is None  # 0 meant "not set"
+    assert config.train.detach_fraction == 0.5
+    assert "config key active.initial is now active.initial_size" in caplog.text
+    assert cfg.resolve(config_files.parse_set(["train.loss_weight=2"])).train.ranking_weight == 2.0
+    written = config_files.to_toml(config)
+    assert "budget" not in written and "initial_size = 30" in written

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lplgrad.models import ResNet18
+from lplgrad.models.batchnorm import randomize_batchnorm
 from lplgrad.scoring.gradnorm import batchable, per_sample_grad_norms, per_sample_grad_norms_loop, reduce_norms
 
 
@@ -31,17 +32,6 @@ def oracle(model: nn.Module, inputs: torch.Tensor, reduction: str, loss: str) ->
             ce = -torch.log_softmax(logits, 1)[0]
             scores.append(sum(p[0, c].detach() * norm_of(ce[c]) for c in range(p.shape[1])))
     return torch.stack([torch.as_tensor(s) for s in scores]).float()
-
-
-def perturb_batchnorm(model: nn.Module) -> nn.Module:
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            if module.affine:
-                module.weight.data.uniform_(0.5, 1.5)
-                module.bias.data.uniform_(-0.2, 0.2)
-    return model
 
 
 class ConvZoo(nn.Module):
@@ -122,9 +112,9 @@ class Shared(nn.Module):
 def models_and_inputs() -> list[tuple[str, nn.Module, torch.Tensor]]:
     torch.manual_seed(0)
     return [
-        ("resnet18-cifar", perturb_batchnorm(ResNet18(5, width=4)), torch.randn(6, 3, 16, 16)),
-        ("resnet18-imagenet", perturb_batchnorm(ResNet18(3, width=4, stem="imagenet")), torch.randn(3, 3, 40, 40)),
-        ("conv-zoo", perturb_batchnorm(ConvZoo()), torch.randn(5, 3, 12, 12)),
+        ("resnet18-cifar", randomize_batchnorm(ResNet18(5, width=4)), torch.randn(6, 3, 16, 16)),
+        ("resnet18-imagenet", randomize_batchnorm(ResNet18(3, width=4, stem="imagenet")), torch.randn(3, 3, 40, 40)),
+        ("conv-zoo", randomize_batchnorm(ConvZoo()), torch.randn(5, 3, 12, 12)),
         ("unusual", Unusual(), torch.randn(4, 3, 8, 8)),
         ("in-place", InPlace(), torch.randn(4, 3, 6, 6)),
         ("shared", Shared(), torch.randn(5, 3, 2, 2)),
@@ -253,7 +243,7 @@ def test_exact_on_cuda_with_tf32_off(reduction: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = perturb_batchnorm(ResNet18(10, width=16)).cuda()
+    model = randomize_batchnorm(ResNet18(10, width=16)).cuda()
     inputs = torch.randn(16, 3, 32, 32, device="cuda")
     got = per_sample_grad_norms(model, inputs, reduction=reduction)
     want = per_sample_grad_norms_loop(model, inputs, reduction=reduction)

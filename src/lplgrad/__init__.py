@@ -17,7 +17,7 @@ from lplgrad.scoring.gradnorm import per_sample_grad_norms
 from lplgrad.strategies import QueryContext, Selection, Strategy, create_strategy, list_strategies, register_strategy
 from lplgrad.train import fit
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "Augment",

@@ -29,12 +29,17 @@ RENAMED_KEYS = {
 ZERO_MEANT_UNSET = ("active.budget", "data.image_size")
 
 
+_warned: set[tuple[str, str]] = set()  # (source, old key): say it once per process
+
+
 def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Dotted keys of an earlier version mapped to today's names and values (warning once per key)."""
     migrated: dict[str, Any] = {}
     for key, value in values.items():
         if key in RENAMED_KEYS:
-            log.warning("%s: config key %s is now %s", source, key, RENAMED_KEYS[key])
+            if (source, key) not in _warned:
+                _warned.add((source, key))
+                log.warning("%s: config key %s is now %s", source, key, RENAMED_KEYS[key])
             key = RENAMED_KEYS[key]
         if key in ZERO_MEANT_UNSET and value == 0:
             continue

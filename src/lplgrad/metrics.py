@@ -1,4 +1,4 @@
-"""The arithmetic of a report: area under the budget curve and paired differences across trials."""
+"""The arithmetic of results: mean ± std over trials, area under the budget curve, paired differences."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1) over trials; the std of one trial is 0."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
 def aubc(labeled: Sequence[int], accuracy: Sequence[float]) -> float:

@@ -10,16 +10,30 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lplgrad.strategies import list_strategies
+from lplgrad.metrics import mean_std
 
 # Accuracy per method: {method: {labeled size: [accuracy of each trial]}}
 Curves = dict[str, dict[int, list[float]]]
 
 
+# Fixed per name, so registering a new strategy never recolors the others in later reports.
+METHOD_COLORS = {  # the tab10 slots these methods had before colors were fixed, so old figures match
+    "coreset": 0,
+    "ent-gradnorm": 1,
+    "entropy": 2,
+    "expected-gradnorm": 3,
+    "learning-loss": 4,
+    "least-confidence": 5,
+    "lplgrad": 6,
+    "margin": 7,
+    "random": 8,
+}
+
+
 def method_color(name: str) -> tuple[float, ...]:
-    """The same color for a method in every figure and every report (registry order into tab10)."""
-    names = list_strategies()
-    index = names.index(name) if name in names else len(names) + sum(map(ord, name))
+    """The same color for a method in every figure and every report: a fixed tab10 slot per known
+    name, and for other names a slot derived from the name's characters (stable across runs)."""
+    index = METHOD_COLORS.get(name, sum(map(ord, name)))
     return tuple(plt.get_cmap("tab10")(index % 10))
 
 
@@ -28,9 +42,7 @@ def learning_curves(curves: Curves, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, by_size in curves.items():
         sizes = sorted(by_size)
-        values = [np.asarray(by_size[s]) * 100 for s in sizes]
-        mean = np.array([v.mean() for v in values])
-        std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+        mean, std = (100 * np.array(column) for column in zip(*(mean_std(by_size[s]) for s in sizes), strict=True))
         color = method_color(method)
         ax.plot(sizes, mean, marker="o", markersize=3, label=method, color=color)
         ax.fill_between(sizes, mean - std, mean + std, color=color, alpha=0.15)

@@ -25,7 +25,7 @@ from lplgrad import artifacts, plots
 from lplgrad.config import RunConfig, resolve
 from lplgrad.config_files import read_toml
 from lplgrad.errors import UserError
-from lplgrad.metrics import aubc, paired_difference
+from lplgrad.metrics import aubc, mean_std, paired_difference
 from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_results, write_atomic
 from lplgrad.schedule import labeled_schedule
 
@@ -91,8 +91,8 @@ def by_trial(rows: list[dict[str, Any]], method: str) -> dict[int, dict[int, flo
 def _pct(values: list[float]) -> str:
     if not values:
         return "-"
-    mean = 100 * float(np.mean(values))
-    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {100 * float(np.std(values, ddof=1)):.2f}"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f}" if len(values) == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def missing_lines(run: Run) -> list[str]:

@@ -110,12 +110,14 @@ def prepare_out_dir(
     config_file = out_dir / CONFIG_FILE
     if not config_file.exists():
         raise UserError(f"{out_dir} holds results but no {CONFIG_FILE}; choose a new --out")
-    earlier = without_slice(resolve(read_toml(config_file)))
+    earlier_config = resolve(read_toml(config_file))
+    earlier = without_slice(earlier_config)
     differing = sorted(k for k, v in without_slice(config).items() if earlier.get(k) != v)
     if differing:
         what = "--resume with a changed configuration" if resume else "a run with a different configuration"
         raise UserError(f"{out_dir} holds {what}: {', '.join(differing)} differ; choose a new --out")
     if resume:
+        write_atomic(config_file, to_toml(earlier_config))  # in today's key names, if an older version wrote it
         with_rows = {(r["strategy"], r["trial"]) for r in read_rows(results)} if results.exists() else set()
         restarting = sorted(p for p in pairs if p in with_rows and p not in checkpoints)
         repair_results(out_dir, checkpoints, restarting)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
+from lplgrad.metrics import mean_std
 
 
 def accuracy_table(rows: list[dict[str, Any]]) -> str:
@@ -25,10 +25,9 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
             values = cells.get((size, strategy), [])
             if not values:
                 text = "-"
-            elif len(values) == 1:
-                text = f"{values[0]:.1f}"
             else:
-                text = f"{np.mean(values):.1f}±{np.std(values, ddof=1):.1f}"
+                mean, std = mean_std(values)
+                text = f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f}±{std:.1f}"
             line += text.rjust(width)
         lines.append(line)
     return "\n".join(lines)

@@ -42,9 +42,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 SquaredNorms = dict[str, Tensor]
 
-# Per-sample weight gradients formed per grouped convolution: about 2^20 floats, at most 16 samples.
-# On the 2-core CPU (oneDNN) that was the fastest group size for every ResNet-18 layer measured:
-# 4-8 samples at 128x128 channels, 16 at 16x16; one group for a whole chunk ran 1.5-2x slower.
+# Per-sample weight gradients formed per grouped convolution: about 2^20 floats, at most 16 samples,
+# the fastest group size measured for every ResNet-18 layer shape (bench/gradnorm.py --group N;
+# the README keeps the figures, so they do not go stale here).
 GROUP_FLOATS, MAX_GROUP = 1 << 20, 16
 
 ConvRoute = Literal["materialize", "unfolded_ghost", "shifted_ghost"]
