@@ -8,7 +8,7 @@ import torch
 
 from lplgrad.config import TrainConfig
 from lplgrad.models import LossPredictionModule, ResNet18
-from lplgrad.train import fit, make_optimizer
+from lplgrad.train import fit, make_optimizer, planned_epochs, steps_per_epoch
 from tests.helpers import make_dataset
 
 # Also run by README's test command under AVX2 kernels (pytest -m determinism), see pyproject.toml.
@@ -49,12 +49,13 @@ def test_the_ranking_loss_shapes_the_backbone_until_the_detach_point() -> None:
 def test_milestones_are_fractions_of_the_epochs() -> None:
     model, _ = models()
     config = TrainConfig(epochs=10, lr=1.0, milestones=[0.5, 0.8], gamma=0.1)
-    optimizer, scheduler = make_optimizer([model], config)
+    optimizer, schedule = make_optimizer([model], config)
     rates = []
     for _ in range(10):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        scheduler.step()
+        schedule.after_step()
+        schedule.after_epoch()
     assert rates == pytest.approx([1.0] * 5 + [0.1] * 3 + [0.01] * 2)
 
 
@@ -63,8 +64,9 @@ def test_a_last_batch_of_one_image_is_skipped() -> None:
     BatchNorm cannot normalize a single sample; the epoch must still train on the other 32."""
     model, aux_model = models()
     config = TrainConfig(epochs=2, batch_size=16, lr=0.05)
-    loss = fit(model, make_dataset(), torch.arange(33), config, seed=0, aux_model=aux_model)
-    assert math.isfinite(loss) and loss > 0
+    result = fit(model, make_dataset(), torch.arange(33), config, seed=0, aux_model=aux_model)
+    assert math.isfinite(result.loss) and result.loss > 0
+    assert result.steps == 2 * 2  # two batches of 16 per epoch; the image left over is skipped
 
 
 def test_one_channel_batches_reach_the_model_in_nchw_strides() -> None:
@@ -82,3 +84,44 @@ def test_one_channel_batches_reach_the_model_in_nchw_strides() -> None:
     assert conv_layout(dataset.normalize(dataset.train.images[:8]), channels_last=True).is_contiguous(
         memory_format=torch.channels_last
     )
+
+
+def test_min_steps_adds_epochs_to_a_small_labeled_set_and_the_schedule_follows() -> None:
+    config = TrainConfig(epochs=3, batch_size=16, min_steps=20, milestones=[0.5])
+    assert steps_per_epoch(40, 16) == 3 and steps_per_epoch(33, 16) == 2
+    assert planned_epochs(config, 40) == 7  # ceil(20 / 3)
+    assert planned_epochs(config, 400) == 3  # 25 steps per epoch already exceed the floor
+    model, _ = models()
+    result = fit(model, make_dataset(), torch.arange(40), config, seed=0)
+    assert (result.epochs, result.steps) == (7, 21)
+    _, schedule = make_optimizer([model], config, result.epochs, 3)
+    assert schedule.scheduler.milestones == {4: 1}  # round(0.5 * 7 epochs), not of the 3 asked for
+
+
+def test_cosine_schedule_decays_to_zero_over_every_step() -> None:
+    model, _ = models()
+    config = TrainConfig(epochs=2, lr=0.1, schedule="cosine")
+    optimizer, schedule = make_optimizer([model], config, epochs=2, per_epoch=5)
+    rates = []
+    for _ in range(2):
+        for _ in range(5):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.after_step()
+        schedule.after_epoch()
+    assert rates[0] == pytest.approx(0.1) and rates == sorted(rates, reverse=True)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_label_smoothing_changes_the_main_loss_only() -> None:
+    plain_model, _ = models()
+    smooth_model, _ = models()
+    plain = fit(plain_model, make_dataset(), torch.arange(48), TrainConfig(epochs=1, batch_size=16), seed=0)
+    smooth = fit(
+        smooth_model,
+        make_dataset(),
+        torch.arange(48),
+        TrainConfig(epochs=1, batch_size=16, label_smoothing=0.1),
+        seed=0,
+    )
+    assert smooth.loss != plain.loss and smooth.steps == plain.steps

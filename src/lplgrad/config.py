@@ -54,6 +54,9 @@ class TrainConfig:
     warm_start: bool = True  # keep the models across rounds, as the paper's public code does
     eval_batch_size: int = 512
     channels_last: bool = False  # channels_last training batches: faster on some CPUs, not bit-reproducible
+    min_steps: int = 0  # train at least this many optimizer steps per round (more epochs on small labeled sets)
+    schedule: str = "multistep"  # multistep (x gamma at the milestones) | cosine (lr to 0 over all steps)
+    label_smoothing: float = 0.0  # of the main model's cross-entropy (w_aux still ranks the plain CE)
 
 
 @dataclass
@@ -219,6 +222,12 @@ def validate(config: RunConfig) -> None:
     if config.train.batch_size < 2:  # BatchNorm batch statistics and the ranking loss's pairs need two
         raise UserError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
     _check_training_numbers(config.train)
+    if config.train.min_steps < 0:
+        raise UserError(f"train.min_steps must be >= 0, got {config.train.min_steps}")
+    if config.train.schedule not in ("multistep", "cosine"):
+        raise UserError(f"train.schedule must be multistep or cosine, got {config.train.schedule!r}")
+    if not 0 <= config.train.label_smoothing < 1:
+        raise UserError(f"train.label_smoothing must be in [0, 1), got {config.train.label_smoothing}")
     active = config.active
     if active.initial_size < 2:  # a batch of one is skipped in training (BatchNorm), so one image trains nothing
         raise UserError(

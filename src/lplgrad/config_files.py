@@ -27,6 +27,9 @@ RENAMED_KEYS = {
 }
 # Keys where 0 meant "not set" before 0.2; now the key is simply absent (None).
 ZERO_MEANT_UNSET = ("active.budget", "data.image_size")
+# Keys added in 0.2, with the values that reproduce 0.1's training: a file written by 0.1 (it holds
+# renamed keys) gets these, so new dataset defaults never change a run started before them.
+ADDED_KEYS = {"train.min_steps": 0, "train.schedule": "multistep", "train.label_smoothing": 0.0}
 
 
 _warned: set[tuple[str, str]] = set()  # (source, old key): say it once per process
@@ -44,6 +47,8 @@ def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
         if key in ZERO_MEANT_UNSET and value == 0:
             continue
         migrated[key] = value
+    if any(key in RENAMED_KEYS for key in values):
+        migrated = {**ADDED_KEYS, **migrated}
     return migrated
 
 

@@ -23,7 +23,7 @@ from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
 from lplgrad.results import RoundRecord
 from lplgrad.strategies import QueryContext, Strategy
-from lplgrad.train import TrainingDiverged, fit
+from lplgrad.train import FitResult, TrainingDiverged, fit
 
 # Purposes of derived seeds, so that e.g. the candidate subset never shares a stream with training.
 SEED_INIT, SEED_TRAIN, SEED_SUBSET, SEED_QUERY, SEED_INITIAL_SET, SEED_ARTIFACTS = range(6)
@@ -85,13 +85,13 @@ def train_round(
     seed: int,
     description: str,
     progress: bool,
-) -> float:
-    """Fit w_main (with w_aux when the strategy uses it) on the labeled pool; returns seconds."""
+) -> tuple[float, FitResult]:
+    """Fit w_main (with w_aux when the strategy uses it) on the labeled pool; returns seconds and what fit did."""
     device = next(learner.model.parameters()).device
     start = time.perf_counter()
     aux_model = learner.aux_model if strategy.uses_aux_model else None
     labeled = learner.pool.labeled_indices()
-    fit(
+    result = fit(
         learner.model,
         dataset,
         labeled,
@@ -102,7 +102,7 @@ def train_round(
         description=description,
     )
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, result
 
 
 def query_round(
@@ -155,7 +155,7 @@ def run_rounds(
                 derive_seed(trial_seed, round_index, SEED_TRAIN),
                 f"{strategy.name} t{trial} r{round_index}",
             )
-            train_seconds = train_round(config, dataset, strategy, learner, seed, description, progress)
+            train_seconds, trained = train_round(config, dataset, strategy, learner, seed, description, progress)
         except TrainingDiverged as error:
             error.round = round_index
             raise
@@ -178,6 +178,8 @@ def run_rounds(
             test_accuracy=accuracy,
             per_class_accuracy=per_class,
             train_seconds=round(train_seconds, 3),
+            steps=trained.steps,
+            epochs=trained.epochs,
             query_seconds=round(query.seconds, 3),
             candidates=query.candidates,
             selected=query.selected.tolist(),

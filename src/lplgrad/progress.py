@@ -22,13 +22,15 @@ class RoundLogger:
         elapsed = time.perf_counter() - self.start
         remaining = elapsed / self.done * (self.total - self.done)
         log.info(
-            "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs, query %.1fs [%d/%d, ETA %s]",
+            "%s trial %d round %d: %d labeled, test accuracy %.2f%%, train %.1fs (%d steps), query %.1fs "
+            "[%d/%d, ETA %s]",
             record.strategy,
             record.trial,
             record.round,
             record.labeled,
             100 * record.test_accuracy,
             record.train_seconds,
+            record.steps,
             record.query_seconds,
             self.done,
             self.total,

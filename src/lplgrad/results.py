@@ -29,6 +29,8 @@ class RoundRecord:
     test_accuracy: float  # fraction
     per_class_accuracy: list[float | None]  # None for a class with no test images
     train_seconds: float
+    steps: int  # optimizer steps the round trained (train.min_steps may add epochs)
+    epochs: int
     query_seconds: float
     candidates: int  # unlabeled images scored after this round (0 in the last round)
     selected: list[int]  # absolute training-set indices queried after this round

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -34,15 +35,58 @@ class TrainingDiverged(FloatingPointError):
         self.round: int | None = None  # set by the experiment loop
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What a round's training did: the mean loss of its last epoch, its optimizer steps and epochs."""
+
+    loss: float
+    steps: int
+    epochs: int
+
+
+def steps_per_epoch(num_labeled: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch: one per batch, a last batch of one image skipped (see ``fit``)."""
+    full, rest = divmod(num_labeled, batch_size)
+    return full + (1 if rest >= 2 else 0)
+
+
+def planned_epochs(config: TrainConfig, num_labeled: int) -> int:
+    """``train.epochs``, or more when that is fewer than ``train.min_steps`` optimizer steps: a small
+    labeled set gives few steps per epoch, and a model trained for a few dozen steps is barely
+    better than chance, which makes every uncertainty score noise."""
+    per_epoch = max(1, steps_per_epoch(num_labeled, config.batch_size))
+    return max(config.epochs, math.ceil(config.min_steps / per_epoch))
+
+
+class Schedule:
+    """The learning-rate schedule over the epochs actually trained: ``multistep`` (x gamma at the
+    milestone fractions, stepped per epoch) or ``cosine`` (from lr to 0 over every step)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, epochs: int, per_epoch: int) -> None:
+        self.per_step = config.schedule == "cosine"
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler
+        if self.per_step:
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * per_epoch))
+        else:
+            milestones = sorted({max(1, round(f * epochs)) for f in config.milestones})
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
+
+    def after_step(self) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if not self.per_step:
+            self.scheduler.step()
+
+
 def make_optimizer(
-    modules: list[nn.Module], config: TrainConfig
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
-    """SGD with momentum and weight decay over all modules, and a MultiStepLR at the milestone fractions."""
+    modules: list[nn.Module], config: TrainConfig, epochs: int | None = None, per_epoch: int = 1
+) -> tuple[torch.optim.Optimizer, Schedule]:
+    """SGD with momentum and weight decay over all modules, and its schedule over ``epochs``."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    milestones = sorted({max(1, round(f * config.epochs)) for f in config.milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
-    return optimizer, scheduler
+    return optimizer, Schedule(optimizer, config, epochs or config.epochs, per_epoch)
 
 
 def fit(
@@ -54,12 +98,14 @@ def fit(
     aux_model: nn.Module | None = None,
     progress: bool = False,
     description: str = "train",
-) -> float:
+) -> FitResult:
     """Train ``model`` (w_main, and w_aux ``aux_model`` when given) on ``dataset.train[labeled]``.
 
     ``seed`` fixes the data order and augmentation; with ``progress``, a tqdm bar named
     ``description`` shows the epochs on a terminal. Returns the mean total loss of the last
-    epoch. Raises TrainingDiverged on a NaN/inf loss, or weights that are not finite or too
+    epoch, the optimizer steps and the epochs taken (``train.min_steps`` may add epochs; the
+    milestones, the cosine schedule and w_aux's detach point follow the epochs actually
+    trained). Raises TrainingDiverged on a NaN/inf loss, or weights that are not finite or too
     large after training.
     """
     device = next(model.parameters()).device
@@ -68,14 +114,16 @@ def fit(
     labeled = labeled.to(device)
     images, labels = dataset.train.images, dataset.train.labels
     modules = [m for m in (model, aux_model) if m is not None]
-    optimizer, scheduler = make_optimizer(modules, config)
-    detach_epoch = round(config.detach_fraction * config.epochs)
+    epochs = planned_epochs(config, labeled.numel())
+    optimizer, schedule = make_optimizer(modules, config, epochs, steps_per_epoch(labeled.numel(), config.batch_size))
+    detach_epoch = round(config.detach_fraction * epochs)
     for module in modules:
         module.train()
 
     mean_loss = 0.0
     show = progress and sys.stderr.isatty()
-    for epoch in tqdm(range(config.epochs), desc=description, disable=not show, leave=False):
+    steps = 0
+    for epoch in tqdm(range(epochs), desc=description, disable=not show, leave=False):
         order = labeled[torch.randperm(labeled.numel(), generator=order_generator).to(device)]
         total, seen = torch.zeros((), device=device), 0
         for start in range(0, order.numel(), config.batch_size):
@@ -88,8 +136,11 @@ def fit(
             x = conv_layout(x, config.channels_last)
             y = labels[batch]
             logits, features = split_output(model(x))
-            per_sample = F.cross_entropy(logits, y, reduction="none")
-            loss = per_sample.mean()
+            per_sample = F.cross_entropy(logits, y, reduction="none")  # also w_aux's targets, unsmoothed
+            if config.label_smoothing > 0:
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            else:
+                loss = per_sample.mean()
             if aux_model is not None:
                 if features is None:
                     raise ValueError("training with w_aux needs a model that returns feature maps")
@@ -100,15 +151,17 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.after_step()
+            steps += 1
             total += loss.detach() * batch.numel()
             seen += batch.numel()
-        scheduler.step()
+        schedule.after_epoch()
         mean_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(epoch)
     if not weights_healthy(modules):  # the loss is measured before each step, so the last step is checked here
-        raise TrainingDiverged(config.epochs - 1, f"weights are not finite or exceed {WEIGHT_LIMIT:g} after")
-    return mean_loss
+        raise TrainingDiverged(epochs - 1, f"weights are not finite or exceed {WEIGHT_LIMIT:g} after")
+    return FitResult(mean_loss, steps, epochs)
 
 
 # No weight of a ResNet trained with weight decay comes near this (they stay within about 10);
