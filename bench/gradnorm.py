@@ -93,7 +93,7 @@ def main() -> None:
         "train": train_pass,
     }
     if device.type == "cuda":
-        methods["bf16"] = lambda: per_sample_grad_norms(model, images, reduction=args.reduction, mixed_precision=True)
+        methods["bf16"] = lambda: per_sample_grad_norms(model, images, reduction=args.reduction, bf16=True)
     seconds = fastest(device, methods, args.repeat)
     model.zero_grad(set_to_none=True)
 
@@ -113,7 +113,7 @@ def main() -> None:
     print(f"max rel. diff loop  : {rel:8.2e}")
 
     if device.type == "cuda":
-        fast = per_sample_grad_norms(model, images, reduction=args.reduction, mixed_precision=True)
+        fast = per_sample_grad_norms(model, images, reduction=args.reduction, bf16=True)
         k = max(1, args.n // 10)
         overlap = len(set(fast.topk(k).indices.tolist()) & set(batched.topk(k).indices.tolist())) / k
         print(

@@ -113,21 +113,24 @@ def test_warm_start_continues_the_last_round_and_cold_start_begins_anew(monkeypa
     starts, ends = [], []
     original = loop.fit
 
-    def spy(model, *args, **kwargs):
-        starts.append(copy.deepcopy(model.state_dict()))
-        result = original(model, *args, **kwargs)
-        ends.append(copy.deepcopy(model.state_dict()))
+    def weights(model, aux_model):
+        return copy.deepcopy({**model.state_dict(), **{f"aux.{k}": v for k, v in aux_model.state_dict().items()}})
+
+    def spy(model, dataset, labeled, config, seed, aux_model, **kwargs):
+        starts.append(weights(model, aux_model))
+        result = original(model, dataset, labeled, config, seed, aux_model, **kwargs)
+        ends.append(weights(model, aux_model))
         return result
 
     monkeypatch.setattr(loop, "fit", spy)
-    values = {"train.warm_start": warm_start, "active.trials": 1, "active.strategies": ["random"]}
+    values = {"train.warm_start": warm_start, "active.trials": 1, "active.strategies": ["lplgrad"]}
     config = small_config(**values)
     dataset = make_dataset()
     run_experiment(config, dataset=dataset)
     assert len(starts) == 3
     for round_index in (1, 2):
-        fresh, _ = loop.build_models(config, dataset, loop.derive_seed(config.seed, round_index, loop.SEED_INIT), "cpu")
-        expected = ends[round_index - 1] if warm_start else fresh.state_dict()
+        seed = loop.derive_seed(config.seed, round_index, loop.SEED_INIT)
+        expected = ends[round_index - 1] if warm_start else weights(*loop.build_models(config, dataset, seed, "cpu"))
         for key, value in starts[round_index].items():
             assert torch.equal(value, expected[key]), key
 

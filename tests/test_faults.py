@@ -19,13 +19,14 @@ import torch
 from PIL import Image
 
 from lplgrad import config as cfg
+from lplgrad.atomic_io import StorageError, write_atomic_with
 from lplgrad.checkpoint import REJECTED_FILE, DamagedCheckpoint, checkpoint_path, load_checkpoint
 from lplgrad.cli import main
 from lplgrad.data.imagefolder import decode_folder, scan
 from lplgrad.errors import UserError
 from lplgrad.experiment import run_experiment
 from lplgrad.report import load
-from lplgrad.results import RESULTS_FILE, StorageError, append_row, read_results, read_rows, write_atomic_with
+from lplgrad.results import RESULTS_FILE, append_row, read_results, read_rows
 from lplgrad.run_folder import hold_run_folder
 from lplgrad.train import TrainingDiverged, fit
 from tests.helpers import make_dataset
@@ -57,7 +58,7 @@ def comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path: Path) -> None:
     with (
         hold_run_folder(tmp_path / "run"),
-        pytest.raises(UserError, match=rf"in use by another lplgrad run \(pid {os.getpid()}\)"),
+        pytest.raises(UserError, match=rf"run folder .* is busy: pid {os.getpid()} "),
     ):
         run_experiment(small(), tmp_path / "run", dataset=make_dataset())
     assert not (tmp_path / "run" / RESULTS_FILE).exists()

@@ -239,9 +239,9 @@ def test_resnet_uses_only_closed_form_rules_and_unusual_layers_the_fallback(monk
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("reduction", ["layer_sum", "global"])
-def test_exact_on_cuda_with_tf32_off(reduction: str) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def test_exact_on_cuda_with_tf32_off(reduction: str, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = randomize_batchnorm(ResNet18(10, width=16)).cuda()
     inputs = torch.randn(16, 3, 32, 32, device="cuda")
@@ -276,3 +276,29 @@ def test_out_of_memory_retries_with_smaller_chunks(monkeypatch) -> None:
     monkeypatch.setattr(gradnorm, "_hooked_norms", always_oom)
     with pytest.raises(torch.OutOfMemoryError):
         per_sample_grad_norms(model, inputs, chunk_size=4)
+
+
+def test_indices_with_a_transform_score_like_the_gathered_images(model, dataset) -> None:
+    """The strategies pass candidate indices and gather + normalize one chunk at a time."""
+    indices = torch.tensor([5, 40, 3, 17, 60, 22, 9])
+    gathered = per_sample_grad_norms(model, dataset.normalize(dataset.train.images[indices]), chunk_size=3)
+    lazily = per_sample_grad_norms(
+        model, indices, chunk_size=3, transform=lambda chunk: dataset.normalize(dataset.train.images[chunk])
+    )
+    assert torch.equal(lazily, gathered)
+
+
+def test_a_gradient_norm_query_calls_the_engine_once(model, dataset, monkeypatch) -> None:
+    from lplgrad.strategies import QueryContext, create_strategy, gradnorm_sampling
+
+    calls = []
+    original = gradnorm_sampling.per_sample_grad_norms
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].numel())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gradnorm_sampling, "per_sample_grad_norms", counting)
+    context = QueryContext(model, dataset, torch.arange(20, 60), torch.arange(20), torch.Generator(), batch_size=8)
+    create_strategy("ent-gradnorm").select(context, 5)
+    assert calls == [40]  # all candidates in one call, not one per batch of 8

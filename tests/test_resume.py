@@ -15,11 +15,12 @@ import torch
 
 from lplgrad import config as cfg
 from lplgrad import train
+from lplgrad.atomic_io import StorageError
 from lplgrad.checkpoint import load_checkpoint
 from lplgrad.cli import main
 from lplgrad.errors import UserError
 from lplgrad.experiment import TrialsFailed, run_experiment
-from lplgrad.results import StorageError, read_rows
+from lplgrad.results import read_rows
 
 RUN = [
     "--dataset",

@@ -13,8 +13,9 @@ PAPER_STRATEGIES = {"random", "entropy", "learning-loss", "ent-gradnorm", "cores
 
 # Shuffled and non-contiguous, so a strategy that returns positions in this list instead of
 # absolute image indices, or that assumes sorted candidates, fails.
-CANDIDATES = torch.randperm(60, generator=torch.Generator().manual_seed(1))[:40] + 3
-LABELED = torch.tensor([0, 1, 2, 63])
+# The values (40..63) and the positions (0..23) never overlap.
+CANDIDATES = torch.randperm(24, generator=torch.Generator().manual_seed(1)) + 40
+LABELED = torch.tensor([0, 1, 2, 39])
 
 
 def make_context(model, aux_model, dataset, seed: int = 0) -> QueryContext:
@@ -51,6 +52,13 @@ def test_contract(name: str, model, aux_model, dataset) -> None:
     assert set(indices.tolist()) <= set(CANDIDATES.tolist()), "absolute indices from the candidates"
     if selection.scores is not None:
         assert selection.scores.shape == (7,)
+        try:
+            scores = strategy.score(make_context(model, aux, dataset)).tolist()
+            all_scores = dict(zip(CANDIDATES.tolist(), scores, strict=True))
+        except NotImplementedError:  # strategies that only implement select (coreset)
+            all_scores = None
+        if all_scores is not None:
+            assert selection.scores.tolist() == pytest.approx([all_scores[i] for i in indices.tolist()])
 
     again = strategy.select(make_context(model, aux, dataset), 7)
     assert torch.equal(indices, again.indices), "same seed must give the same selection"
@@ -62,8 +70,8 @@ def test_contract(name: str, model, aux_model, dataset) -> None:
     for key, value in state(aux_model).items():
         assert torch.equal(value, aux_before[key]), f"{name} changed w_aux's {key}"
 
-    with pytest.raises(QuerySizeError, match="cannot select 41 images from 40 candidates"):
-        strategy.select(make_context(model, aux, dataset), 41)
+    with pytest.raises(QuerySizeError, match="cannot select 25 images from 24 candidates"):
+        strategy.select(make_context(model, aux, dataset), 25)
     with pytest.raises(QuerySizeError, match="query size must be >= 1"):
         strategy.select(make_context(model, aux, dataset), 0)
 

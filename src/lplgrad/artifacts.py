@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lplgrad.checkpoint import save_atomic
+from lplgrad.atomic_io import save_atomic
 from lplgrad.data import Dataset
 from lplgrad.inference import predict
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from lplgrad.atomic_io import serialize, write_atomic, write_atomic_with
 from lplgrad.errors import UserError
-from lplgrad.results import RESULTS_FILE, read_results, row_line, write_atomic, write_atomic_with
+from lplgrad.results import RESULTS_FILE, read_results, row_line
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,6 @@ REJECTED_FILE = "results.rejected.txt"  # lines of results.jsonl that were not r
 
 def checkpoint_path(out_dir: Path, strategy: str, trial: int) -> Path:
     return out_dir / CHECKPOINT_DIR / f"{strategy}-trial{trial}.pt"
-
-
-def serialize(obj: Any) -> bytes:
-    """torch.save into memory, so a full disk shows up as an OSError of the file write (torch.save
-    into a file raises RuntimeError instead) and becomes the one-line storage error."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def save_atomic(path: Path, obj: Any) -> None:
-    """torch.save, atomically: the old file stays valid until the new one is whole."""
-    payload = serialize(obj)
-    write_atomic_with(path, lambda handle: handle.write(payload))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

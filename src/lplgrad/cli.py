@@ -1,4 +1,6 @@
-"""Command line: ``lplgrad run | demo | report | strategies | presets | datasets``. Only this module prints."""
+"""Command line: ``lplgrad run | demo | report | strategies | presets | datasets`` here, and the labeling
+project's ``init | add | query | import | status | export | predict`` (``project/commands.py``).
+Only these two modules print."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from typing import Any
 
 from lplgrad import config as cfg
 from lplgrad import config_files
+from lplgrad.atomic_io import StorageError
 from lplgrad.data.loaders import check_dataset_name, list_datasets
 from lplgrad.errors import UserError
 from lplgrad.experiment import TrialsFailed, run_experiment
+from lplgrad.project import commands as project_commands
 from lplgrad.report import write_report
-from lplgrad.results import RESULTS_FILE, StorageError, read_rows
+from lplgrad.results import RESULTS_FILE, read_rows
 from lplgrad.strategies import list_strategies, strategy_class
 from lplgrad.summary import accuracy_table
 
@@ -61,12 +65,14 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--preset", help="a shipped preset (see `lplgrad presets`); other options override it")
     run.add_argument("--trials", type=int, help="number of trials; trial t uses seed + t")
     run.add_argument("--trial-offset", type=int, help="first trial to run (to split trials across machines)")
-    run.add_argument("--initial", type=int, help="size of the random initial labeled set (B)")
-    run.add_argument("--query", type=int, help="images labeled per round")
+    run.add_argument("--initial-size", "--initial", dest="initial", type=int, help="random initial labeled set (B)")
+    run.add_argument("--query-size", "--query", dest="query", type=int, help="images labeled per round")
     stop = run.add_mutually_exclusive_group()
     stop.add_argument("--rounds", type=int, help="training rounds (rounds - 1 queries); overrides a preset's budget")
     stop.add_argument("--budget", type=int, help="final labeled-set size (A); overrides rounds")
-    run.add_argument("--subset", type=int, help="random unlabeled candidates scored per round (R)")
+    run.add_argument(
+        "--candidate-subset", "--subset", dest="subset", type=int, help="unlabeled candidates scored per round (R)"
+    )
     run.add_argument("--epochs", type=int, help="training epochs per round")
     run.add_argument("--width", type=int, help="ResNet-18 base width (64 in the paper)")
     run.add_argument("--seed", type=int, help="run seed (default 0)")
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="results folders of one run")
     report.add_argument("--out", type=folder, help="where report.md and figures go (default: the first DIR)")
+    project_commands.add_parsers(sub)
     sub.add_parser("strategies", help="list the registered query strategies")
     sub.add_parser("presets", help="list the shipped experiment presets (the paper's Table II and more)")
     sub.add_parser("datasets", help="list the dataset names")
@@ -180,7 +187,9 @@ def _main(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        if args.command == "strategies":
+        if args.command in project_commands.COMMANDS:
+            project_commands.run(args)
+        elif args.command == "strategies":
             print("\n".join(list_strategies()))
         elif args.command == "report":
             print(f"report: {write_report(args.dirs, args.out)}")

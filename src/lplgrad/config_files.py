@@ -36,20 +36,31 @@ _warned: set[tuple[str, str]] = set()  # (source, old key): say it once per proc
 
 
 def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Dotted keys of an earlier version mapped to today's names and values (warning once per key)."""
+    """Dotted keys of an earlier version mapped to today's names and values (warning once per key).
+
+    A renamed key given together with its new name is an error: which one was meant is unclear.
+    A 0 that meant "not set" becomes None, which still overrides a preset's value."""
     migrated: dict[str, Any] = {}
     for key, value in values.items():
         if key in RENAMED_KEYS:
-            if (source, key) not in _warned:
-                _warned.add((source, key))
-                log.warning("%s: config key %s is now %s", source, key, RENAMED_KEYS[key])
-            key = RENAMED_KEYS[key]
+            new = RENAMED_KEYS[key]
+            if new in values:
+                raise UserError(f"{source} gives both {key} and {new} (its new name); keep {new}")
+            _warn_once(source, key, f"config key {key} is now {new}")
+            key = new
         if key in ZERO_MEANT_UNSET and value == 0:
-            continue
+            _warn_once(source, key, f"{key} = 0 meant 'not set'; leave the key out instead")
+            value = None
         migrated[key] = value
     if any(key in RENAMED_KEYS for key in values):
         migrated = {**ADDED_KEYS, **migrated}
     return migrated
+
+
+def _warn_once(source: str, key: str, message: str) -> None:
+    if (source, key) not in _warned:
+        _warned.add((source, key))
+        log.warning("%s: %s", source, message)
 
 
 def list_presets() -> list[str]:

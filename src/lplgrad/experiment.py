@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lplgrad.atomic_io import write_atomic
 from lplgrad.config import ActiveConfig, RunConfig
 from lplgrad.data import Dataset, load_dataset
 from lplgrad.errors import UserError
@@ -20,7 +21,6 @@ from lplgrad.loop import SEED_INIT, SEED_INITIAL_SET, Learner, RoundObserver, bu
 from lplgrad.pool import Pool
 from lplgrad.progress import RoundLogger
 from lplgrad.reproducibility import deterministic_algorithms
-from lplgrad.results import write_atomic
 from lplgrad.run_folder import RunFolderRecorder, check_out_dir, hold_run_folder, prepare_out_dir
 from lplgrad.schedule import check_fits, labeled_schedule
 from lplgrad.strategies import Strategy, create_strategy, strategy_class

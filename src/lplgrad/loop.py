@@ -21,7 +21,7 @@ from lplgrad.data import Dataset
 from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
-from lplgrad.results import RoundRecord
+from lplgrad.records import RoundRecord
 from lplgrad.strategies import QueryContext, Strategy
 from lplgrad.train import FitResult, TrainingDiverged, fit
 

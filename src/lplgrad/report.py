@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from lplgrad import artifacts, plots
+from lplgrad.atomic_io import write_atomic
 from lplgrad.config import RunConfig, resolve
 from lplgrad.config_files import read_toml
 from lplgrad.errors import UserError
 from lplgrad.metrics import aubc, mean_std, paired_difference
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_results, write_atomic
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_results
 from lplgrad.schedule import labeled_schedule
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ is never overwritten), and written after each round by ``RunFolderRecorder``."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from collections.abc import Iterator
@@ -15,13 +14,16 @@ from typing import Any
 import torch
 
 from lplgrad import artifacts
+from lplgrad.atomic_io import write_atomic
 from lplgrad.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, repair_results, save_checkpoint
 from lplgrad.config import RunConfig, resolve, without_slice
 from lplgrad.config_files import read_toml, to_toml
 from lplgrad.data import Dataset
 from lplgrad.errors import UserError
+from lplgrad.folder_lock import LOCK_FILE, folder_lock
 from lplgrad.loop import SEED_ARTIFACTS, Learner, derive_seed
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, RoundRecord, append_row, read_rows, write_atomic
+from lplgrad.records import RoundRecord
+from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,46 +39,25 @@ def check_out_dir(out_dir: Path) -> None:
         raise UserError(f"cannot create the run folder {out_dir}: {existing} is not a writable folder")
 
 
-LOCK_FILE = ".lock"
-
-
 @contextmanager
 def hold_run_folder(out_dir: Path | None) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder while inside, so two runs never write one folder.
-
-    The lock is an advisory ``flock`` on DIR/.lock (released by the kernel when the process
-    dies, so a killed run never leaves a stale lock); the file holds the holder's pid for the
-    error message. A folder this call had to create is removed again if nothing else was put in
-    it (e.g. the data failed to load).
-    """
+    """Lock the run folder for the life of a run (``folder_lock``). A folder this call had to create
+    is removed again if nothing else was put in it (e.g. the data failed to load)."""
     if out_dir is None:
         yield
         return
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(out_dir / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until the run ends)
     except OSError as error:
         raise UserError(f"cannot create the run folder {out_dir}: {error.strerror or error}") from error
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise UserError(
-                f"{out_dir} is in use by another lplgrad run (pid {holder}); wait for it to end or choose another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
+    try:
+        with folder_lock(out_dir, "run folder"):
             yield
-        finally:
-            if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:
-                (out_dir / LOCK_FILE).unlink()
-                out_dir.rmdir()
+    finally:
+        if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:
+            (out_dir / LOCK_FILE).unlink()
+            out_dir.rmdir()
 
 
 def prepare_out_dir(

@@ -23,9 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from lplgrad.checkpoint import save_atomic
+from lplgrad.atomic_io import StorageError, save_atomic
 from lplgrad.errors import UserError
-from lplgrad.results import StorageError
 
 log = logging.getLogger(__name__)
 

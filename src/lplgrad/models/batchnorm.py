@@ -7,16 +7,20 @@ from torch import nn
 
 
 @torch.no_grad()
-def randomize_batchnorm(model: nn.Module) -> nn.Module:
-    """Draw running statistics and affine parameters of every BatchNorm layer (in place, from the
-    global generator). A new model's eval-mode BatchNorm is nearly the identity, which would hide
-    a mistake in how the gradient-norm engine treats it."""
+def randomize_batchnorm(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Draw running statistics and affine parameters of every BatchNorm layer (in place, from
+    ``generator``, else the global one). A new model's eval-mode BatchNorm is nearly the identity,
+    which would hide a mistake in how the gradient-norm engine treats it."""
+
+    def draw(tensor: torch.Tensor, low: float, high: float) -> None:
+        tensor.uniform_(low, high, generator=generator)
+
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if module.running_mean is not None and module.running_var is not None:
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+                draw(module.running_mean, -0.5, 0.5)
+                draw(module.running_var, 0.5, 2.0)
             if module.affine:
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
+                draw(module.weight, 0.5, 1.5)
+                draw(module.bias, -0.2, 0.2)
     return model

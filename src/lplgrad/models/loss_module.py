@@ -22,14 +22,14 @@ class LossPredictionModule(nn.Module):
     def __init__(self, feature_channels: Sequence[int], hidden: int = 128) -> None:
         super().__init__()
         if not feature_channels:
-            raise ValueError("the loss module needs at least one feature map")
+            raise ValueError("w_aux (the loss prediction module) needs at least one feature map")
         self.branches = nn.ModuleList(nn.Linear(c, hidden) for c in feature_channels)
         self.head = nn.Linear(hidden * len(feature_channels), 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """features: list of [B, C_k, H_k, W_k] (or [B, C_k]) -> predicted loss [B]."""
         if len(features) != len(self.branches):
-            raise ValueError(f"loss module built for {len(self.branches)} feature maps, got {len(features)}")
+            raise ValueError(f"w_aux built for {len(self.branches)} feature maps, got {len(features)}")
         hidden = []
         for feature, branch in zip(features, self.branches, strict=True):
             pooled = feature.flatten(2).mean(2) if feature.dim() > 2 else feature
@@ -48,5 +48,5 @@ class LossPredictionModule(nn.Module):
             _, features = split_output(model(example))
         model.train(was_training)
         if features is None:
-            raise ValueError("the model returns only logits; the loss module needs its feature maps")
+            raise ValueError("the model returns only logits; w_aux needs its feature maps")
         return cls([f.shape[1] for f in features], hidden)

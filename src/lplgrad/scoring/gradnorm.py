@@ -282,19 +282,20 @@ def per_sample_grad_norms(
     memory budget) bounds the samples processed at once. ``bf16`` runs the
     forward/backward under bfloat16 autocast (channels_last on CUDA) with norms
     accumulated in float32: faster on GPUs, approximate. ``transform`` maps a chunk of
-    ``inputs`` to model inputs (e.g. uint8 images to normalized floats), so only a chunk
-    is ever held as floats.
+    ``inputs`` to model inputs (e.g. image indices to normalized images), so only a chunk
+    of images is ever gathered and held as floats.
     """
+    device = next(model.parameters()).device  # where the work runs; ``inputs`` may be indices elsewhere
     if inputs.shape[0] == 0:
-        return torch.zeros(0, device=inputs.device)
+        return torch.zeros(0, device=device)
     prepare = _chunk_preparer(transform, bf16)
     autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if bf16:
-        autocast = torch.autocast(inputs.device.type, dtype=torch.bfloat16)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     with eval_mode(model), torch.enable_grad(), autocast:
         probe = _probe(model, prepare(inputs[:1]))
         if probe.hooks_exact:
-            engine, default_chunk = _hooked_norms, _memory_budget(inputs.device) // probe.bytes_per_sample
+            engine, default_chunk = _hooked_norms, _memory_budget(device) // probe.bytes_per_sample
         else:
             log.info("model shares parameters, calls a module twice or edits a layer output in place: using torch.func")
             engine, default_chunk = _vmap_norms, 8
@@ -334,7 +335,7 @@ def _in_chunks(
             if chunk == 1:
                 raise
             chunk = max(1, chunk // 2)
-            if inputs.device.type == "cuda":
+            if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             log.warning("out of memory while scoring; retrying with chunks of %d", chunk)
     return torch.cat(scores)

@@ -1,6 +1,6 @@
 """Query strategies, registered by name. Import order only fills the registry."""
 
-from lplgrad.strategies import coreset, gradnorm, learning_loss, random_sampling, uncertainty
+from lplgrad.strategies import coreset, gradnorm_sampling, learning_loss, random_sampling, uncertainty_sampling
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, top_k
 from lplgrad.strategies.registry import create_strategy, list_strategies, register_strategy, strategy_class
 
@@ -10,12 +10,12 @@ __all__ = [
     "Strategy",
     "coreset",
     "create_strategy",
-    "gradnorm",
+    "gradnorm_sampling",
     "learning_loss",
     "list_strategies",
     "random_sampling",
     "register_strategy",
     "strategy_class",
     "top_k",
-    "uncertainty",
+    "uncertainty_sampling",
 ]

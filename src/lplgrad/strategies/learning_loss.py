@@ -19,6 +19,6 @@ class LearningLoss(Strategy):
 
     def score(self, ctx: QueryContext) -> Tensor:
         if ctx.aux_model is None:
-            raise ValueError("learning-loss needs the loss module (w_aux) trained with the model")
+            raise ValueError("learning-loss needs w_aux (the loss prediction module) trained with the model")
         out = predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, aux_model=ctx.aux_model)
         return out["predicted_loss"]

@@ -19,17 +19,21 @@ class _GradNormStrategy(Strategy):
     loss: ClassVar[ScoreLoss] = "entropy"
 
     def score(self, ctx: QueryContext) -> Tensor:
-        """All candidates in one call: the engine probes the model once and chunks by its memory budget;
-        the uint8 images are normalized a chunk at a time."""
+        """All candidates in one engine call: it probes the model once and chunks by its memory
+        budget (not by ``ctx.batch_size``); each chunk of images is gathered and normalized only
+        when its turn comes, so memory is bounded by a chunk, not by the candidate subset."""
         images = ctx.dataset.train.images
-        candidates = images[ctx.candidates.to(images.device)]
+
+        def chunk_images(indices: Tensor) -> Tensor:
+            return ctx.dataset.normalize(images[indices.to(images.device)])
+
         return per_sample_grad_norms(
             ctx.model,
-            candidates,
+            ctx.candidates,
             reduction=self.reduction,
             loss=self.loss,
             bf16=self.score_bf16,
-            transform=ctx.dataset.normalize,
+            transform=chunk_images,
         )
 
 

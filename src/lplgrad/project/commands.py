@@ -1,0 +1,130 @@
+"""The labeling project's subcommands: their arguments and what each prints (called by ``lplgrad.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from lplgrad import config_files
+from lplgrad.project import workflow
+from lplgrad.project.exchange import LOCAL_FILES_PREFIX
+from lplgrad.project.predict import predict_files
+from lplgrad.project.query import query
+
+COMMANDS = ("init", "add", "query", "import", "status", "export", "predict")
+
+
+def add_parsers(sub: Any) -> None:
+    init = sub.add_parser("init", allow_abbrev=False, help="make a labeling project for a folder of your images")
+    init.add_argument("project", type=Path, metavar="DIR")
+    init.add_argument("--images", type=Path, required=True, help="folder of images to label (searched recursively)")
+    init.add_argument("--classes", required=True, help="comma-separated class names, e.g. cat,dog")
+    init.add_argument("--labeled", type=Path, help="a tree of class folders already labeled")
+    init.add_argument("--labels", type=Path, metavar="FILE.csv", help="(path, label) rows for images under --images")
+    init.add_argument("--test", type=Path, help="a labeled tree of class folders used only to measure accuracy")
+    init.add_argument("--image-size", type=int, help="square size images are decoded to (default: native up to 64)")
+    init.add_argument("--config", type=Path, help="TOML file of training settings")
+    init.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a training setting")
+
+    add = sub.add_parser("add", allow_abbrev=False, help="register more images in a project")
+    add.add_argument("project", type=Path, metavar="DIR")
+    add.add_argument("--images", type=Path, required=True)
+
+    q = sub.add_parser("query", allow_abbrev=False, help="train on the labels so far and write the next batch")
+    q.add_argument("project", type=Path, metavar="DIR")
+    q.add_argument("--strategy", help="a registered strategy (default: the project's, lplgrad)")
+    q.add_argument("--k", type=int, default=100, help="images in the batch (default 100)")
+    q.add_argument("--subset", type=int, help="unlabeled candidates scored (default: the project's, 10,000)")
+    q.add_argument("--include-pending", action="store_true", help="also query images waiting in an earlier batch")
+    q.add_argument("--url-prefix", default=LOCAL_FILES_PREFIX, help="prefix of image URLs in label-studio.json")
+
+    imp = sub.add_parser(
+        "import", allow_abbrev=False, help="take labels back: filled batch.csv or Label Studio exports"
+    )
+    imp.add_argument("project", type=Path, metavar="DIR")
+    imp.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    imp.add_argument("--relabel", action="store_true", help="allow changing the label of a labeled image")
+    imp.add_argument(
+        "--on-conflict",
+        choices=["newest", "error"],
+        default="newest",
+        help="several disagreeing answers for one image: take the newest (default) or stop",
+    )
+
+    st = sub.add_parser("status", allow_abbrev=False, help="images, labels per class and rounds of a project")
+    st.add_argument("project", type=Path, metavar="DIR")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+
+    ex = sub.add_parser("export", allow_abbrev=False, help="the labels as CSV, or as class folders")
+    ex.add_argument("project", type=Path, metavar="DIR")
+    ex.add_argument("--out", type=Path, required=True)
+    ex.add_argument("--format", choices=["csv", "imagefolder"], default="csv")
+    ex.add_argument("--copy", action="store_true", help="imagefolder: copy the files instead of linking them")
+
+    pr = sub.add_parser("predict", allow_abbrev=False, help="the latest model's predictions for images")
+    pr.add_argument("project", type=Path, metavar="DIR")
+    pr.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files or folders")
+    pr.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Carry out one project subcommand and print its summary."""
+    if args.command == "init":
+        values: dict[str, Any] = config_files.read_toml(args.config) if args.config else {}
+        values.update(config_files.parse_set(args.set))
+        if args.image_size is not None:
+            values["data.image_size"] = args.image_size
+        counts = workflow.init(
+            args.project, args.images, args.classes.split(","), args.labeled, args.labels, args.test, values
+        )
+        print(f"project {args.project}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+    elif args.command == "add":
+        counts = workflow.add(args.project, args.images)
+        print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+    elif args.command == "query":
+        result = query(args.project, args.strategy, args.k, args.subset, args.include_pending, args.url_prefix)
+        measured = (
+            f"accuracy {100 * result.accuracy:.1f}% on the {result.accuracy_on} images"
+            if result.accuracy is not None
+            else "no accuracy (no test images and too few labels to hold some out)"
+        )
+        how = (
+            "cold start: a random batch, no labels yet"
+            if result.cold_start
+            else f"trained on {result.labeled}, {measured}"
+        )
+        print(f"round {result.round}: {result.queried} images to label in {result.folder} ({how})")
+    elif args.command == "import":
+        imported = workflow.import_labels(args.project, args.files, args.relabel, args.on_conflict)
+        print(
+            f"{imported.labeled} labeled, {imported.skipped} skipped, {imported.unchanged} unchanged, "
+            f"{imported.relabeled} relabeled"
+        )
+    elif args.command == "status":
+        print_status(workflow.status(args.project), args.json)
+    elif args.command == "export":
+        if args.format == "csv":
+            print(f"{workflow.export_csv(args.project, args.out)} labels written to {args.out}")
+        else:
+            print(f"{workflow.export_imagefolder(args.project, args.out, args.copy)} images under {args.out}")
+    elif args.command == "predict":
+        print(f"{predict_files(args.project, args.images, args.out)} predictions written to {args.out}")
+
+
+def print_status(status: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status))
+        return
+    print(
+        f"{status['images']} images: {status['labeled']} labeled, {status['pending']} pending in a batch, "
+        f"{status['unlabeled']} unlabeled; {status['test_images']} test images"
+    )
+    print("labeled per class: " + ", ".join(f"{k} {v}" for k, v in status["per_class"].items()))
+    for r in status["rounds"]:
+        accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}% ({r['accuracy_on']})"
+        print(
+            f"round {r['round']}: {r['strategy']}, trained on {r['labeled']}, queried {r['queried']}, "
+            f"accuracy {accuracy}"
+        )

@@ -1,0 +1,73 @@
+"""``lplgrad predict``: the project's latest model on any images, streamed in chunks."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lplgrad.atomic_io import write_atomic
+from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, _decode
+from lplgrad.errors import UserError
+from lplgrad.models import ResNet18
+from lplgrad.models.output import split_output
+from lplgrad.project import db
+
+CHUNK = 256
+
+
+def latest_model(project: Path) -> tuple[torch.nn.Module, dict]:
+    conn = db.connect(project)
+    files = [r["model_file"] for r in db.rounds(conn) if r["model_file"]]
+    conn.close()
+    if not files:
+        raise UserError(f"{project} has no trained model yet; run lplgrad query after importing some labels")
+    state = torch.load(project / str(files[-1]), map_location="cpu", weights_only=True)
+    size = state["image_size"]
+    model = ResNet18(len(state["classes"]), 3, state["width"], "cifar" if size <= 64 else "imagenet")
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"{path} does not exist")
+    return found
+
+
+@torch.no_grad()
+def predict_files(project: Path, paths: list[Path], out: Path) -> int:
+    """predictions.csv: path, predicted class, its probability, then one probability column per class."""
+    model, state = latest_model(project)
+    files = expand(paths)
+    classes, size = state["classes"], state["image_size"]
+    mean = torch.tensor(state["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(state["std"]).view(1, -1, 1, 1)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "predicted", "confidence", *classes])
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        arrays = [_decode(p, size) for p in chunk]
+        decoded = [a for a in arrays if a is not None]
+        if len(decoded) != len(arrays):
+            bad = [str(p) for p, a in zip(chunk, arrays, strict=True) if a is None]
+            raise UserError(f"cannot decode {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+        images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
+        x = (images.to(torch.float32, memory_format=torch.contiguous_format) / 255.0 - mean) / std
+        probabilities = torch.softmax(split_output(model(x))[0], dim=1)
+        confidence, predicted = probabilities.max(dim=1)
+        for path, p, c, row in zip(chunk, predicted.tolist(), confidence.tolist(), probabilities.tolist(), strict=True):
+            writer.writerow([str(path), classes[p], f"{c:.4f}", *(f"{v:.4f}" for v in row)])
+    write_atomic(out, text.getvalue())
+    return len(files)

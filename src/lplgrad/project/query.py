@@ -1,0 +1,252 @@
+"""``lplgrad query``: train on every labeled image, measure, and choose the next batch to label.
+
+The same parts as an experiment round (``loop.build_models``, ``train.fit``, a registered
+strategy's ``select``); the oracle is a person, so the round ends by writing the batch files
+instead of reading known labels. Only the labeled images and a seeded candidate subset of the
+unlabeled pool are decoded, so memory follows the subset, not the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from lplgrad.atomic_io import save_atomic, write_atomic
+from lplgrad.config import RunConfig
+from lplgrad.data import Augment, Dataset, Split, channel_stats
+from lplgrad.errors import UserError
+from lplgrad.experiment import make_strategy, resolve_device
+from lplgrad.folder_lock import folder_lock
+from lplgrad.inference import evaluate, predict
+from lplgrad.loop import SEED_INIT, SEED_QUERY, SEED_SUBSET, SEED_TRAIN, build_models, derive_seed
+from lplgrad.project import db
+from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem, batch_csv, label_studio_config, label_studio_tasks
+from lplgrad.project.images import decode
+from lplgrad.project.settings import read_settings
+from lplgrad.strategies import QueryContext
+from lplgrad.train import fit
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_FRACTION = 0.2  # of the labeled images, to measure accuracy when the project has no test images
+MIN_FOR_HOLDOUT = 20
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    round: int
+    folder: Path
+    queried: int
+    labeled: int
+    accuracy: float | None
+    accuracy_on: str | None  # "test", "holdout" or None
+    cold_start: bool
+
+
+def query(
+    project: Path,
+    strategy_name: str | None = None,
+    k: int = 100,
+    subset: int | None = None,
+    include_pending: bool = False,
+    url_prefix: str = LOCAL_FILES_PREFIX,
+) -> QueryResult:
+    """Train, measure and write DIR/batches/round-N/ (batch.csv, label-studio.json and its config)."""
+    if k < 1:
+        raise UserError(f"--k must be >= 1, got {k}")
+    with folder_lock(project, "project"):
+        conn = db.connect(project)
+        config = read_settings(project)
+        name = strategy_name or config.active.strategies[0]
+        strategy = make_strategy(name, config.active)
+        round_index = len(db.rounds(conn)) + 1
+        seed = config.seed
+        classes = db.classes(conn)
+        size = int(db.setting(conn, "image_size") or 64)
+        pool = db.images(conn, "WHERE images.role = 'pool'")
+        labeled = [row for row in pool if row.label is not None]
+        pending = set() if include_pending else db.pending_ids(conn)
+        candidates = [row for row in pool if row.label is None and row.id not in pending]
+        if len(candidates) < k:
+            raise UserError(
+                f"only {len(candidates)} unlabeled images can be queried (labeled and pending ones are not); "
+                f"lower --k, import the pending labels, or add --include-pending"
+            )
+        started = datetime.now(UTC).isoformat()
+        subset_size = subset or config.active.candidate_subset
+        order = torch.randperm(
+            len(candidates), generator=torch.Generator().manual_seed(derive_seed(seed, round_index, SEED_SUBSET))
+        )
+        candidates = [candidates[i] for i in order[: max(k, subset_size)].tolist()]
+        if not labeled:
+            items = _cold_start(candidates, k)
+            accuracy, accuracy_on, train_seconds, query_seconds, model_file = None, None, 0.0, 0.0, None
+            strategy_label = "random (cold start)"
+        else:
+            device = resolve_device(config.device)
+            test_rows = db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
+            dataset, train_ids, test_note = _dataset(labeled, candidates, test_rows, classes, size, seed, round_index)
+            model, aux_model = build_models(config, dataset, derive_seed(seed, round_index, SEED_INIT), device)
+            dataset = dataset.to(device)
+            start = time.perf_counter()
+            aux = aux_model if strategy.uses_aux_model else None
+            train_seed = derive_seed(seed, round_index, SEED_TRAIN)
+            fit(
+                model,
+                dataset,
+                train_ids,
+                config.train,
+                train_seed,
+                aux,
+                progress=True,
+                description=f"round {round_index}",
+            )
+            train_seconds = time.perf_counter() - start
+            accuracy, accuracy_on = (evaluate(model, dataset)[0], test_note) if test_note else (None, None)
+            model_file = f"models/round-{round_index}.pt"
+            save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
+            candidate_ids = torch.arange(len(labeled), len(labeled) + len(candidates))
+            start = time.perf_counter()
+            query_seed = derive_seed(seed, round_index, SEED_QUERY)
+            items = _select(
+                strategy, model, aux, dataset, train_ids, candidate_ids, candidates, classes, k, config, query_seed
+            )
+            query_seconds = time.perf_counter() - start
+            strategy_label = name
+        folder = _write_batch(project, round_index, items, classes, url_prefix)
+        with db.transaction(conn):
+            db.add_round(
+                conn,
+                {
+                    "round": round_index,
+                    "strategy": strategy_label,
+                    "model_file": model_file,
+                    "labeled": len(labeled),
+                    "queried": len(items),
+                    "accuracy": accuracy,
+                    "accuracy_on": accuracy_on,
+                    "train_seconds": round(train_seconds, 3),
+                    "query_seconds": round(query_seconds, 3),
+                    "started": started,
+                    "finished": datetime.now(UTC).isoformat(),
+                },
+                [(i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in items],
+            )
+        conn.close()
+    return QueryResult(round_index, folder, len(items), len(labeled), accuracy, accuracy_on, not labeled)
+
+
+def _cold_start(candidates: list[db.ImageRow], k: int) -> list[BatchItem]:
+    """No labels yet: a seeded uniform random sample. Without labels any model score is noise, and a
+    random first batch is an unbiased picture of the pool (the candidates are already shuffled)."""
+    chosen = candidates[:k]
+    return [BatchItem(row.id, row.path, None, None, None, rank) for rank, row in enumerate(chosen, start=1)]
+
+
+def _dataset(
+    labeled: list[db.ImageRow],
+    candidates: list[db.ImageRow],
+    test_rows: list[db.ImageRow],
+    classes: list[str],
+    size: int,
+    seed: int,
+    round_index: int,
+) -> tuple[Dataset, torch.Tensor, str | None]:
+    """train = labeled + candidates (candidates' labels are -1: never trained on), test = the test
+    images, else a seeded 20% of the labeled ones held out of training."""
+    index = {name: i for i, name in enumerate(classes)}
+    labels = torch.tensor([index[row.label] for row in labeled if row.label is not None], dtype=torch.long)
+    images = decode(labeled + candidates, size)
+    train_labels = torch.cat([labels, torch.full((len(candidates),), -1, dtype=torch.long)])
+    train_ids = torch.arange(len(labeled))
+    note: str | None = None
+    if test_rows:
+        test = Split(decode(test_rows, size), torch.tensor([index[r.label] for r in test_rows if r.label]))
+        note = "test"
+    elif len(labeled) >= MIN_FOR_HOLDOUT:
+        order = torch.randperm(len(labeled), generator=torch.Generator().manual_seed(derive_seed(seed, round_index, 7)))
+        held = order[: max(1, int(HOLDOUT_FRACTION * len(labeled)))]
+        train_ids = order[len(held) :].sort().values
+        test = Split(images[held], labels[held])
+        note = "holdout"
+    else:
+        test = Split(images[:1], labels[:1])  # too few labels to measure; nothing is reported
+    mean, std = channel_stats(images[: len(labeled)])
+    dataset = Dataset(
+        "project",
+        Split(images, train_labels),
+        test,
+        classes,
+        mean,
+        std,
+        Augment(crop_padding=max(1, size // 8), flip=True),
+    )
+    return dataset, train_ids, note
+
+
+def _select(
+    strategy: object,
+    model: torch.nn.Module,
+    aux: torch.nn.Module | None,
+    dataset: Dataset,
+    labeled_ids: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    candidates: list[db.ImageRow],
+    classes: list[str],
+    k: int,
+    config: RunConfig,
+    seed: int,
+) -> list[BatchItem]:
+    """The strategy's top k of the candidates, with the model's suggested class and its confidence."""
+    ctx = QueryContext(
+        model=model,
+        dataset=dataset,
+        candidates=candidate_ids,
+        labeled=labeled_ids,
+        generator=torch.Generator().manual_seed(seed),
+        aux_model=aux,
+        batch_size=config.active.score_batch_size,
+    )
+    selection = strategy.select(ctx, k)  # type: ignore[attr-defined]
+    probabilities = torch.softmax(predict(model, dataset, selection.indices)["logits"], dim=1).cpu()
+    confidence, suggested = probabilities.max(dim=1)
+    first = int(candidate_ids[0])
+    items = []
+    for rank, (index, score) in enumerate(
+        zip(
+            selection.indices.tolist(),
+            [None] * k if selection.scores is None else selection.scores.tolist(),
+            strict=True,
+        ),
+        start=1,
+    ):
+        row = candidates[index - first]
+        items.append(
+            BatchItem(row.id, row.path, classes[int(suggested[rank - 1])], float(confidence[rank - 1]), score, rank)
+        )
+    return items
+
+
+def _model_state(model: torch.nn.Module, aux: torch.nn.Module, config: RunConfig, dataset: Dataset, size: int) -> dict:
+    return {
+        "model": model.state_dict(),
+        "aux_model": aux.state_dict(),
+        "classes": dataset.classes,
+        "image_size": size,
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "width": config.model.width,
+    }
+
+
+def _write_batch(project: Path, round_index: int, items: list[BatchItem], classes: list[str], url_prefix: str) -> Path:
+    folder = project / "batches" / f"round-{round_index}"
+    write_atomic(folder / "batch.csv", batch_csv(items))
+    write_atomic(folder / "label-studio.json", label_studio_tasks(items, f"lplgrad-round-{round_index}", url_prefix))
+    write_atomic(folder / "label-studio-config.xml", label_studio_config(classes))
+    return folder

@@ -1,0 +1,303 @@
+"""The labeling project's commands other than querying: init, add, import, status, export.
+
+Each command checks everything it was given before it writes, then writes in one database
+transaction, under the project's folder lock: a bad input changes nothing, and a kill leaves the
+project as it was before the command or after it.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lplgrad.atomic_io import write_atomic
+from lplgrad.errors import UserError
+from lplgrad.folder_lock import folder_lock
+from lplgrad.project import db
+from lplgrad.project.exchange import LabelRecord, parse_file
+from lplgrad.project.images import find_images, project_image_size, register
+from lplgrad.project.settings import resolve_settings, write_settings
+
+log = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped_files.txt"
+
+
+def init(
+    project: Path,
+    images: Path,
+    classes: list[str],
+    labeled: Path | None = None,
+    labels_csv: Path | None = None,
+    test: Path | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Make a project: register the images (and an already labeled tree, and a test tree), the
+    classes and the settings. Returns counts; refuses a folder that already holds a project."""
+    names = _check_classes(classes)
+    if (project / db.DB_FILE).exists() and _has_classes(project):
+        raise UserError(f"{project} already holds a project; use lplgrad add to register more images")
+    config = resolve_settings(settings or {})
+    for tree in (labeled, test):
+        if tree is not None:
+            _check_class_tree(tree, names)
+    records = parse_file(str(labels_csv), _read(labels_csv)).records if labels_csv else []
+    project.mkdir(parents=True, exist_ok=True)
+    with folder_lock(project, "project"):
+        conn = db.connect(project, create=True)
+        found = _scan(images)
+        extra = {tree: _scan(tree) for tree in (labeled, test) if tree is not None}
+        all_sizes = found.sizes + [s for scanned in extra.values() for s in scanned.sizes]
+        size = project_image_size(all_sizes, config.data.image_size)
+        with db.transaction(conn):
+            db.add_classes(conn, names)
+            db.set_setting(conn, "image_size", str(size))
+            counts = {"images": db.add_images(conn, db.root_id(conn, images.resolve()), "pool", found.files)}
+            if labeled is not None:
+                counts["labeled"] = _add_labeled_tree(conn, labeled, "pool", extra[labeled].files)
+            if test is not None:
+                counts["test"] = _add_labeled_tree(conn, test, "test", extra[test].files)
+            if records:
+                counts["csv_labels"] = _apply(
+                    conn, project, records, "csv", relabel=False, on_conflict="newest"
+                ).labeled
+        write_settings(project, config)
+        skipped = found.bad + [b for scanned in extra.values() for b in scanned.bad]
+        if skipped:
+            write_atomic(project / SKIPPED_FILE, "\n".join(skipped) + "\n")
+            log.warning("skipped %d file(s) that could not be decoded (listed in %s)", len(skipped), SKIPPED_FILE)
+        conn.close()
+    return {**counts, "skipped": len(skipped), "image_size": size}
+
+
+def add(project: Path, images: Path) -> dict[str, int]:
+    """Register the images under ``images`` that the project does not have yet."""
+    with folder_lock(project, "project"):
+        conn = db.connect(project)
+        found = _scan(images)
+        with db.transaction(conn):
+            added = db.add_images(conn, db.root_id(conn, images.resolve()), "pool", found.files)
+        conn.close()
+    return {"added": added, "already_registered": len(found.files) - added, "skipped": len(found.bad)}
+
+
+@dataclass
+class ImportCounts:
+    labeled: int = 0
+    skipped: int = 0
+    unchanged: int = 0
+    relabeled: int = 0
+
+
+def import_labels(project: Path, files: list[Path], relabel: bool = False, on_conflict: str = "newest") -> ImportCounts:
+    """Labels from filled batch.csv files, other (path or id, label) CSVs, and Label Studio exports.
+    Every row of every file is checked first; then one transaction writes them all."""
+    parsed = [(path, parse_file(str(path), _read(path))) for path in files]
+    with folder_lock(project, "project"):
+        conn = db.connect(project)
+        counts = ImportCounts()
+        with db.transaction(conn):
+            for _, found in parsed:
+                part = _apply(conn, project, found.records, found.source, relabel, on_conflict)
+                for name in ("labeled", "skipped", "unchanged", "relabeled"):
+                    setattr(counts, name, getattr(counts, name) + getattr(part, name))
+        conn.close()
+    return counts
+
+
+def _apply(
+    conn: Any, project: Path, records: list[LabelRecord], source: str, relabel: bool, on_conflict: str
+) -> ImportCounts:
+    """Resolve, validate and write ``records`` (inside the caller's transaction; raises before any write)."""
+    names = db.classes(conn)
+    rows = db.images(conn)
+    by_id = {row.id: row for row in rows}
+    by_path: dict[str, list[db.ImageRow]] = {}
+    for row in rows:
+        by_path.setdefault(row.path, []).append(row)
+        by_path.setdefault(str(row.full_path), []).append(row)
+    answers: dict[int, list[LabelRecord]] = {}
+    counts = ImportCounts()
+    for record in records:
+        row = _find(record, by_id, by_path)
+        if record.label is None:
+            counts.skipped += 1
+            continue
+        if record.label not in names:
+            close = difflib.get_close_matches(record.label, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{record.line}: unknown class {record.label!r}{hint}; the classes are {', '.join(names)}")
+        answers.setdefault(row.id, []).append(record)
+    latest_round = db.last_round_of(conn)
+    writes = []
+    for image, given in answers.items():
+        chosen = _resolve_answers(given, on_conflict)
+        current = by_id[image].label
+        if current == chosen.label:
+            counts.unchanged += 1
+            continue
+        if current is not None and not relabel:
+            raise UserError(
+                f"{chosen.line}: image {by_id[image].path} (id {image}) is already labeled {current!r}, "
+                f"not {chosen.label!r}; add --relabel to change it"
+            )
+        if current is None:
+            counts.labeled += 1
+        else:
+            counts.relabeled += 1
+        writes.append((image, chosen.label, source, latest_round.get(image), chosen.time, chosen.annotator))
+    db.set_labels(conn, writes)  # type: ignore[arg-type]
+    return counts
+
+
+def _find(record: LabelRecord, by_id: dict[int, db.ImageRow], by_path: dict[str, list[db.ImageRow]]) -> db.ImageRow:
+    if record.image_id is not None:
+        if record.image_id not in by_id:
+            raise UserError(f"{record.line}: no image with id {record.image_id} in this project")
+        return by_id[record.image_id]
+    matches = by_path.get(record.path or "", [])
+    if len({m.id for m in matches}) != 1:
+        what = "no image" if not matches else "several images"
+        raise UserError(f"{record.line}: {what} with path {record.path!r} in this project; give its id")
+    return matches[0]
+
+
+def _resolve_answers(given: list[LabelRecord], on_conflict: str) -> LabelRecord:
+    """Several answers for one image: the newest wins, unless they disagree and that is an error."""
+    if on_conflict == "error" and len({g.label for g in given}) > 1:
+        raise UserError(
+            f"{given[0].line}: the answers for one image disagree ({', '.join(sorted({str(g.label) for g in given}))});"
+            " resolve them, or import without --on-conflict error to take the newest"
+        )
+    timed = [g for g in given if g.time]
+    return max(timed, key=lambda g: g.time or "") if len(timed) == len(given) else given[-1]
+
+
+def status(project: Path) -> dict[str, Any]:
+    """Counts for people and for scripts (``lplgrad status --json``)."""
+    conn = db.connect(project)
+    pool = db.images(conn, "WHERE images.role = 'pool'")
+    pending = db.pending_ids(conn)
+    test = db.images(conn, "WHERE images.role = 'test'")
+    result = {
+        "images": len(pool),
+        "labeled": sum(row.label is not None for row in pool),
+        "pending": len(pending),
+        "unlabeled": sum(row.label is None and row.id not in pending for row in pool),
+        "test_images": len(test),
+        "classes": db.classes(conn),
+        "per_class": db.labels_per_class(conn),
+        "rounds": [
+            {k: r[k] for k in ("round", "strategy", "labeled", "queried", "accuracy", "accuracy_on", "finished")}
+            for r in db.rounds(conn)
+        ],
+    }
+    conn.close()
+    return result
+
+
+def export_csv(project: Path, out: Path) -> int:
+    """path, label, source, round of every labeled image (absolute paths)."""
+    conn = db.connect(project)
+    rows = conn.execute(
+        "SELECT roots.path || '/' || images.path, classes.name, labels.source, labels.round, images.role "
+        "FROM labels JOIN images ON images.id = labels.image_id JOIN roots ON roots.id = images.root_id "
+        "JOIN classes ON classes.id = labels.class_id ORDER BY images.id"
+    ).fetchall()
+    conn.close()
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "source", "round", "role"])
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    write_atomic(out, text.getvalue())
+    return len(rows)
+
+
+def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
+    """OUT/train/<class>/ (and OUT/test/<class>/ for test images) of symlinks (or copies) of the labeled images."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; choose a new folder")
+    conn = db.connect(project)
+    labeled = [row for row in db.images(conn) if row.label is not None]
+    conn.close()
+    for row in labeled:
+        split = "train" if row.role == "pool" else "test"
+        target = out / split / row.label / f"{row.id}-{Path(row.path).name}"  # type: ignore[operator]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if copy:
+            shutil.copy2(row.full_path, target)
+        else:
+            os.symlink(row.full_path, target)
+    return len(labeled)
+
+
+# ---- helpers
+
+
+@dataclass(frozen=True)
+class _Scanned:
+    files: list[tuple[str, int, int, str]]
+    bad: list[str]
+    sizes: list[tuple[int, int]]
+
+
+def _scan(root: Path) -> _Scanned:
+    paths = find_images(root)
+    if not paths:
+        raise UserError(f"no image files under {root}")
+    files, bad, sizes = register(root.resolve(), [p.resolve() for p in paths])
+    return _Scanned(files, [f"{root}/{b}" for b in bad], sizes)
+
+
+def _add_labeled_tree(conn: Any, tree: Path, role: str, files: list[tuple[str, int, int, str]]) -> int:
+    """Register a tree of class folders with each image labeled by its folder (source 'initial')."""
+    root = db.root_id(conn, tree.resolve())
+    db.add_images(conn, root, role, files)
+    rows = [(db.image_id(conn, root, path), path.split("/", 1)[0], "initial", None, None, None) for path, *_ in files]
+    db.set_labels(conn, rows)  # type: ignore[arg-type]
+    return len(rows)
+
+
+def _check_classes(classes: list[str]) -> list[str]:
+    names = [c.strip() for c in classes if c.strip()]
+    if len(names) < 2:
+        raise UserError(f"a project needs at least two classes, got {names}")
+    if len(set(names)) != len(names):
+        raise UserError(f"classes are listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return names
+
+
+def _check_class_tree(tree: Path, names: list[str]) -> None:
+    if not tree.is_dir():
+        raise UserError(f"{tree} does not exist or is not a folder")
+    folders = sorted(d.name for d in tree.iterdir() if d.is_dir() and not d.name.startswith("."))
+    unknown = [f for f in folders if f not in names]
+    if unknown:
+        raise UserError(f"{tree} has class folders that are not project classes: {', '.join(unknown)}")
+    loose = [f.name for f in tree.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if loose:
+        raise UserError(f"{tree} should hold one folder per class; found files at its top: {', '.join(loose[:3])}")
+
+
+def _has_classes(project: Path) -> bool:
+    """Whether an init finished here (an interrupted one left at most an empty database)."""
+    conn = db.connect(project)
+    try:
+        return bool(db.classes(conn))
+    finally:
+        conn.close()
+
+
+def _read(path: Path | None) -> bytes:
+    assert path is not None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
