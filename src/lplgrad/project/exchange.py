@@ -22,7 +22,7 @@ from lplgrad.errors import UserError
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files serving
 BATCH_COLUMNS = ["id", "path", "label", "suggested_label", "confidence", "score", "rank"]
-ID_COLUMNS = ("id", "lplgrad_id", "image_id")
+ID_COLUMNS = ("lplgrad_id", "id", "image_id")
 PATH_COLUMNS = ("path", "image", "file", "filename")
 LABEL_COLUMNS = ("label", "choice", "class", "category")
 
@@ -139,7 +139,10 @@ def parse_csv(name: str, text: str) -> ParsedFile:
     """A CSV with a label column and an id or a path column; Label Studio's CSV export is one."""
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip().lower() for c in reader.fieldnames or []]
-    id_column = next((c for c in ID_COLUMNS if c in columns), None)
+    source = "label-studio" if "annotation_id" in columns else "csv"
+    # In a Label Studio export "id" is Label Studio's task id: only lplgrad_id names our image.
+    id_candidates = ("lplgrad_id",) if source == "label-studio" else ID_COLUMNS
+    id_column = next((c for c in id_candidates if c in columns), None)
     path_column = next((c for c in PATH_COLUMNS if c in columns), None)
     label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
     if label_column is None or (id_column is None and path_column is None):
@@ -147,7 +150,6 @@ def parse_csv(name: str, text: str) -> ParsedFile:
             f"{name}: expected a label column ({', '.join(LABEL_COLUMNS)}) and an id or path column; "
             f"found {', '.join(columns) or 'no columns'}"
         )
-    source = "label-studio" if "annotation_id" in columns else "csv"
     records = []
     for number, raw in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(v, str | None)}

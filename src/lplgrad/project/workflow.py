@@ -159,9 +159,15 @@ def _apply(
 
 def _find(record: LabelRecord, by_id: dict[int, db.ImageRow], by_path: dict[str, list[db.ImageRow]]) -> db.ImageRow:
     if record.image_id is not None:
-        if record.image_id not in by_id:
+        row = by_id.get(record.image_id)
+        if row is None:
             raise UserError(f"{record.line}: no image with id {record.image_id} in this project")
-        return by_id[record.image_id]
+        if record.path and record.path not in (row.path, str(row.full_path)):  # a file from another project?
+            raise UserError(
+                f"{record.line}: image id {record.image_id} is {row.path} in this project, but the file says "
+                f"{record.path}; is it an export of another project?"
+            )
+        return row
     matches = by_path.get(record.path or "", [])
     if len({m.id for m in matches}) != 1:
         what = "no image" if not matches else "several images"

@@ -231,7 +231,7 @@ def _memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
-    return 1 << 30  # 1 GiB on the CPU
+    return 1 << 29  # 512 MiB on the CPU, so a labeling query of a large pool stays under 2 GiB
 
 
 @dataclass(frozen=True)

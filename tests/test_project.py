@@ -1,0 +1,243 @@
+"""The labeling project end to end on generated images, the real Label Studio exports, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lplgrad.cli import main
+from lplgrad.errors import UserError
+from lplgrad.folder_lock import folder_lock
+from lplgrad.project import db, workflow
+from lplgrad.project.query import query
+
+CLASSES = ["red", "green", "blue"]
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "label-studio"
+TINY = ["--set", "train.epochs=2", "--set", "model.width=4", "--set", "train.min_steps=0", "--set", "device=cpu"]
+
+
+def make_images(root: Path, count: int, seed: int = 0, folders: bool = False) -> dict[str, str]:
+    """Class-coloured 12x12 PNGs; returns relative path -> true class."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(count):
+        label = CLASSES[i % 3]
+        pixels = rng.integers(0, 60, (12, 12, 3)).astype(np.uint8)
+        pixels[..., i % 3] += 150
+        relative = f"{label}/{i:03d}.png" if folders else f"{'sub/' if i % 2 else ''}{i:03d}.png"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / relative)
+        truth[relative] = label
+    return truth
+
+
+def fill(batch: Path, truth: dict[str, str]) -> Path:
+    """The person's work: batch.csv with the label column filled from the true classes."""
+    rows = list(csv.DictReader(batch.open()))
+    for row in rows:
+        row["label"] = truth[row["path"]]
+    filled = batch.with_name("filled.csv")
+    with filled.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return filled
+
+
+def run(*args: str) -> int:
+    return main(["-q", *args])
+
+
+def test_rounds_of_labeling_end_to_end(tmp_path: Path, capsys) -> None:
+    truth = make_images(tmp_path / "pool", 60)
+    make_images(tmp_path / "test", 12, seed=1, folders=True)
+    (tmp_path / "pool" / "broken.png").write_bytes(b"not an image")
+    project = tmp_path / "project"
+    assert (
+        run(
+            "init",
+            str(project),
+            "--images",
+            str(tmp_path / "pool"),
+            "--classes",
+            "red,green,blue",
+            "--test",
+            str(tmp_path / "test"),
+            *TINY,
+        )
+        == 0
+    )
+    assert "60 images, 12 test, 1 skipped" in capsys.readouterr().out
+    assert (project / "skipped_files.txt").read_text().strip().endswith("broken.png")
+
+    queried: list[int] = []
+    for round_index, strategy in enumerate(["lplgrad", "lplgrad", "entropy"], start=1):
+        assert run("query", str(project), "--k", "8", "--strategy", strategy) == 0
+        out = capsys.readouterr().out
+        batch = project / "batches" / f"round-{round_index}" / "batch.csv"
+        ids = [int(row["id"]) for row in csv.DictReader(batch.open())]
+        assert len(ids) == 8 and not set(ids) & set(queried), "no image is queried twice"
+        queried += ids
+        if round_index == 1:
+            assert "cold start" in out
+        else:
+            assert f"trained on {8 * (round_index - 1)}" in out and "on the test images" in out
+        tasks = json.loads((project / "batches" / f"round-{round_index}" / "label-studio.json").read_text())
+        assert [t["data"]["lplgrad_id"] for t in tasks] == ids
+        # A second query before importing skips the pending images.
+        if round_index == 1:
+            status = workflow.status(project)
+            assert (status["pending"], status["labeled"]) == (8, 0)
+        assert run("import", str(project), str(fill(batch, truth))) == 0
+        assert "8 labeled, 0 skipped, 0 unchanged, 0 relabeled" in capsys.readouterr().out
+
+    status = workflow.status(project)
+    assert (status["images"], status["labeled"], status["pending"], status["test_images"]) == (60, 24, 0, 12)
+    assert sum(status["per_class"].values()) == 24
+    rounds = status["rounds"]
+    assert [r["labeled"] for r in rounds] == [0, 8, 16]
+    assert rounds[0]["accuracy"] is None and all(r["accuracy_on"] == "test" for r in rounds[1:])
+    assert run("status", str(project), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["labeled"] == 24
+
+    assert run("export", str(project), "--out", str(tmp_path / "labels.csv")) == 0
+    exported = list(csv.DictReader((tmp_path / "labels.csv").open()))
+    assert len(exported) == 24 + 12 and {r["source"] for r in exported} == {"csv", "initial"}
+    assert run("export", str(project), "--format", "imagefolder", "--out", str(tmp_path / "folders")) == 0
+    assert len(list((tmp_path / "folders" / "train").rglob("*.png"))) == 24
+    assert run("predict", str(project), str(tmp_path / "test"), "--out", str(tmp_path / "predictions.csv")) == 0
+    predictions = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert len(predictions) == 12 and set(predictions[0]) >= {"path", "predicted", "confidence", *CLASSES}
+
+
+def label_studio_project(tmp_path: Path) -> Path:
+    """A project whose images have the ids and paths of the fixture's tasks (lplgrad_id 1..5)."""
+    root = tmp_path / "images"
+    paths = [
+        "pool/tshirt/0000.png",
+        "pool/trouser/0001.png",
+        "pool/pullover/0002.png",
+        "pool/tshirt/0003.png",
+        "pool/trouser/0004.png",
+    ]
+    project = tmp_path / "project"
+    for number, relative in enumerate(paths):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (number * 40, 0, 0)).save(root / relative)
+        if number == 0:
+            workflow.init(project, root, ["T-shirt", "Trouser", "Pullover"])
+        else:
+            workflow.add(project, root)  # one at a time, so the ids follow the fixture's
+    conn = db.connect(project)
+    assert [(row.id, row.path) for row in db.images(conn)] == list(enumerate(paths, start=1))
+    return project
+
+
+@pytest.mark.parametrize(
+    ("name", "skipped"), [("export-JSON.json", 1), ("export-JSON_MIN.json", 0), ("export-CSV.csv", 0)]
+)
+def test_real_label_studio_exports(tmp_path: Path, name: str, skipped: int) -> None:
+    project = label_studio_project(tmp_path)
+    with pytest.raises(UserError, match="disagree"):
+        workflow.import_labels(project, [FIXTURES / name], on_conflict="error")
+    assert workflow.status(project)["labeled"] == 0
+    counts = workflow.import_labels(project, [FIXTURES / name])
+    assert (counts.labeled, counts.skipped) == (4, skipped)
+    conn = db.connect(project)
+    labels = {row.id: row.label for row in db.images(conn)}
+    # Task 4 had two answers, T-shirt then Pullover: the newest wins. Task 5 was skipped.
+    assert labels == {1: "T-shirt", 2: "Trouser", 3: "Pullover", 4: "Pullover", 5: None}
+    sources = {row[0] for row in conn.execute("SELECT source FROM labels")}
+    assert sources == {"label-studio"}
+
+
+@pytest.fixture
+def labeled_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    truth = make_images(tmp_path / "pool", 12)
+    project = tmp_path / "project"
+    workflow.init(project, tmp_path / "pool", CLASSES)
+    first = {p: truth[p] for p in list(truth)[:3]}
+    (tmp_path / "first.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in first.items()))
+    workflow.import_labels(project, [tmp_path / "first.csv"])
+    return project, truth
+
+
+def snapshot(project: Path) -> list[tuple[object, ...]]:
+    conn = db.connect(project)
+    return [tuple(r) for r in conn.execute("SELECT image_id, class_id, source, round FROM labels ORDER BY image_id")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("path,label\n000.png,redd\n", "unknown class 'redd' (did you mean 'red'?); the classes are red, green, blue"),
+        ("id,label\n999,red\n", "no image with id 999"),
+        ("path,label\nnope.png,red\n", "no image with path 'nope.png'"),
+        ("path,label\n000.png,green\n", "already labeled 'red', not 'green'; add --relabel"),
+        ("", "is empty"),
+        ("name,colour\nx,y\n", "expected a label column"),
+        ('[{"data": {}}]', "a task needs data.lplgrad_id or data.image"),
+        ("{not json", "is not valid JSON"),
+        ("id,label\nseven,red\n", "image id 'seven' is not a number"),
+    ],
+)
+def test_bad_imports_are_one_line_errors_that_change_nothing(tmp_path, labeled_project, capsys, content, message):
+    project, _ = labeled_project
+    before = snapshot(project)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    good = tmp_path / "good.csv"
+    good.write_text("path,label\nsub/001.png,green\n")
+    assert run("import", str(project), str(good), str(bad)) == 2  # the good file is not imported either
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lplgrad: error: ") and message in err[0]
+    assert snapshot(project) == before
+
+
+def test_csv_with_bom_crlf_and_extra_columns_imports(tmp_path, labeled_project) -> None:
+    project, truth = labeled_project
+    body = "\r\n".join(["label,path,notes", f"{truth['sub/003.png']},sub/003.png,hello", ""])
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    counts = workflow.import_labels(project, [tmp_path / "excel.csv"])
+    assert counts.labeled == 1
+
+
+def test_relabel_and_unchanged(tmp_path, labeled_project) -> None:
+    project, _ = labeled_project
+    (tmp_path / "again.csv").write_text("path,label\n000.png,red\n000.png,blue\n")
+    with pytest.raises(UserError, match="already labeled"):
+        workflow.import_labels(project, [tmp_path / "again.csv"])
+    counts = workflow.import_labels(project, [tmp_path / "again.csv"], relabel=True)
+    assert (counts.relabeled, counts.unchanged) == (1, 0)
+
+
+def test_a_busy_project_and_a_changed_image_are_named(tmp_path, labeled_project) -> None:
+    project, _ = labeled_project
+    with folder_lock(project, "project"), pytest.raises(UserError, match=r"project .* is busy: pid \d+"):
+        workflow.add(project, tmp_path / "pool")
+    (tmp_path / "pool" / "sub" / "001.png").write_bytes((tmp_path / "pool" / "000.png").read_bytes() + b"x")
+    with pytest.raises(UserError, match=r"sub/001.png \(id \d+\) changed since it was registered"):
+        query(project, "random", k=2)
+
+
+def test_query_refuses_more_than_the_unlabeled_images(labeled_project) -> None:
+    project, _ = labeled_project
+    with pytest.raises(UserError, match="only 9 unlabeled images can be queried"):
+        query(project, "random", k=10)
+
+
+def test_init_refuses_an_existing_project_and_unknown_class_folders(tmp_path, labeled_project) -> None:
+    project, _ = labeled_project
+    with pytest.raises(UserError, match="already holds a project"):
+        workflow.init(project, tmp_path / "pool", CLASSES)
+    tree = tmp_path / "labeled"
+    make_images(tree, 3, folders=True)
+    shutil.move(tree / "red", tree / "crimson")
+    with pytest.raises(UserError, match="not project classes: crimson"):
+        workflow.init(tmp_path / "other", tmp_path / "pool", CLASSES, labeled=tree)
