@@ -100,9 +100,11 @@ def test_paper_presets_pin_their_datasets_training_settings(name: str) -> None:
     from lplgrad.cli import build_parser, config_from_args
 
     values = config_files.read_preset(name)
+    paper_keys = ("train.epochs", "train.lr", "train.batch_size", "train.milestones")
     defaults = dataset_defaults(values["data.name"])
-    pinned = {k: v for k, v in defaults.items() if k.startswith("train.")}
+    pinned = {k: defaults[k] for k in paper_keys}
     assert {k: values[k] for k in pinned} == pinned
     args = build_parser().parse_args(["run", "--preset", name, "--dataset", "imagefolder:/some/copy", "--out", "x"])
     train = config_from_args(args).train
     assert {f"train.{k}": getattr(train, k) for k in ("epochs", "lr", "batch_size", "milestones")} == pinned
+    assert train.min_steps == 0, "the paper trains by epochs; an image folder's step floor must not apply"

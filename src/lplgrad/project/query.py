@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ from lplgrad.project import db
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem, batch_csv, label_studio_config, label_studio_tasks
 from lplgrad.project.images import decode
 from lplgrad.project.settings import read_settings
-from lplgrad.strategies import QueryContext
+from lplgrad.strategies import QueryContext, Strategy
 from lplgrad.train import fit
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,19 @@ class QueryResult:
     cold_start: bool
 
 
+@dataclass
+class _Trained:
+    """What the training part of a round produced (nothing on a cold start)."""
+
+    items: list[BatchItem]
+    strategy: str
+    accuracy: float | None = None
+    accuracy_on: str | None = None
+    model_file: str | None = None
+    train_seconds: float = 0.0
+    query_seconds: float = 0.0
+
+
 def query(
     project: Path,
     strategy_name: str | None = None,
@@ -56,7 +70,9 @@ def query(
     include_pending: bool = False,
     url_prefix: str = LOCAL_FILES_PREFIX,
 ) -> QueryResult:
-    """Train, measure and write DIR/batches/round-N/ (batch.csv, label-studio.json and its config)."""
+    """Train, measure and write DIR/batches/round-N/ (batch.csv, label-studio.json and its config);
+    the round is recorded in the database last, in one transaction, so a kill before that leaves
+    the project as it was and the command can simply be run again."""
     if k < 1:
         raise UserError(f"--k must be >= 1, got {k}")
     with folder_lock(project, "project"):
@@ -65,80 +81,90 @@ def query(
         name = strategy_name or config.active.strategies[0]
         strategy = make_strategy(name, config.active)
         round_index = len(db.rounds(conn)) + 1
-        seed = config.seed
-        classes = db.classes(conn)
-        size = int(db.setting(conn, "image_size") or 64)
+        started = datetime.now(UTC).isoformat()
         pool = db.images(conn, "WHERE images.role = 'pool'")
         labeled = [row for row in pool if row.label is not None]
-        pending = set() if include_pending else db.pending_ids(conn)
-        candidates = [row for row in pool if row.label is None and row.id not in pending]
-        if len(candidates) < k:
-            raise UserError(
-                f"only {len(candidates)} unlabeled images can be queried (labeled and pending ones are not); "
-                f"lower --k, import the pending labels, or add --include-pending"
-            )
-        started = datetime.now(UTC).isoformat()
-        subset_size = subset or config.active.candidate_subset
-        order = torch.randperm(
-            len(candidates), generator=torch.Generator().manual_seed(derive_seed(seed, round_index, SEED_SUBSET))
+        candidates = _candidates(
+            conn,
+            pool,
+            k,
+            subset or config.active.candidate_subset,
+            include_pending,
+            derive_seed(config.seed, round_index, SEED_SUBSET),
         )
-        candidates = [candidates[i] for i in order[: max(k, subset_size)].tolist()]
-        if not labeled:
-            items = _cold_start(candidates, k)
-            accuracy, accuracy_on, train_seconds, query_seconds, model_file = None, None, 0.0, 0.0, None
-            strategy_label = "random (cold start)"
+        if labeled:
+            done = _train_and_select(project, conn, config, strategy, name, round_index, labeled, candidates, k)
         else:
-            device = resolve_device(config.device)
-            test_rows = db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
-            dataset, train_ids, test_note = _dataset(labeled, candidates, test_rows, classes, size, seed, round_index)
-            model, aux_model = build_models(config, dataset, derive_seed(seed, round_index, SEED_INIT), device)
-            dataset = dataset.to(device)
-            start = time.perf_counter()
-            aux = aux_model if strategy.uses_aux_model else None
-            train_seed = derive_seed(seed, round_index, SEED_TRAIN)
-            fit(
-                model,
-                dataset,
-                train_ids,
-                config.train,
-                train_seed,
-                aux,
-                progress=True,
-                description=f"round {round_index}",
-            )
-            train_seconds = time.perf_counter() - start
-            accuracy, accuracy_on = (evaluate(model, dataset)[0], test_note) if test_note else (None, None)
-            model_file = f"models/round-{round_index}.pt"
-            save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
-            candidate_ids = torch.arange(len(labeled), len(labeled) + len(candidates))
-            start = time.perf_counter()
-            query_seed = derive_seed(seed, round_index, SEED_QUERY)
-            items = _select(
-                strategy, model, aux, dataset, train_ids, candidate_ids, candidates, classes, k, config, query_seed
-            )
-            query_seconds = time.perf_counter() - start
-            strategy_label = name
-        folder = _write_batch(project, round_index, items, classes, url_prefix)
+            done = _Trained(_cold_start(candidates, k), "random (cold start)")
+        folder = _write_batch(project, round_index, done.items, db.classes(conn), url_prefix)
         with db.transaction(conn):
+            record = {
+                "round": round_index,
+                "strategy": done.strategy,
+                "model_file": done.model_file,
+                "labeled": len(labeled),
+                "queried": len(done.items),
+                "accuracy": done.accuracy,
+                "accuracy_on": done.accuracy_on,
+                "train_seconds": round(done.train_seconds, 3),
+                "query_seconds": round(done.query_seconds, 3),
+                "started": started,
+                "finished": datetime.now(UTC).isoformat(),
+            }
             db.add_round(
-                conn,
-                {
-                    "round": round_index,
-                    "strategy": strategy_label,
-                    "model_file": model_file,
-                    "labeled": len(labeled),
-                    "queried": len(items),
-                    "accuracy": accuracy,
-                    "accuracy_on": accuracy_on,
-                    "train_seconds": round(train_seconds, 3),
-                    "query_seconds": round(query_seconds, 3),
-                    "started": started,
-                    "finished": datetime.now(UTC).isoformat(),
-                },
-                [(i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in items],
+                conn, record, [(i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in done.items]
             )
         conn.close()
-    return QueryResult(round_index, folder, len(items), len(labeled), accuracy, accuracy_on, not labeled)
+    return QueryResult(round_index, folder, len(done.items), len(labeled), done.accuracy, done.accuracy_on, not labeled)
+
+
+def _candidates(
+    conn: Any, pool: list[db.ImageRow], k: int, subset: int, include_pending: bool, seed: int
+) -> list[db.ImageRow]:
+    """A seeded random subset of the unlabeled images not waiting in an earlier batch."""
+    pending = set() if include_pending else db.pending_ids(conn)
+    candidates = [row for row in pool if row.label is None and row.id not in pending]
+    if len(candidates) < k:
+        raise UserError(
+            f"only {len(candidates)} unlabeled images can be queried (labeled and pending ones are not); "
+            f"lower --k, import the pending labels, or add --include-pending"
+        )
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+    return [candidates[i] for i in order[: max(k, subset)].tolist()]
+
+
+def _train_and_select(
+    project: Path,
+    conn: Any,
+    config: RunConfig,
+    strategy: Strategy,
+    name: str,
+    round_index: int,
+    labeled: list[db.ImageRow],
+    candidates: list[db.ImageRow],
+    k: int,
+) -> _Trained:
+    """Fit on the labeled images, measure, save the model, and let the strategy pick k candidates."""
+    seed, classes = config.seed, db.classes(conn)
+    size = int(db.setting(conn, "image_size") or 64)
+    test_rows = db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
+    dataset, train_ids, test_note = _dataset(labeled, candidates, test_rows, classes, size, seed, round_index)
+    device = resolve_device(config.device)
+    model, aux_model = build_models(config, dataset, derive_seed(seed, round_index, SEED_INIT), device)
+    dataset = dataset.to(device)
+    aux = aux_model if strategy.uses_aux_model else None
+    start = time.perf_counter()
+    train_seed = derive_seed(seed, round_index, SEED_TRAIN)
+    fit(model, dataset, train_ids, config.train, train_seed, aux, progress=True, description=f"round {round_index}")
+    train_seconds = time.perf_counter() - start
+    accuracy = evaluate(model, dataset)[0] if test_note else None
+    model_file = f"models/round-{round_index}.pt"
+    save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
+    start = time.perf_counter()
+    candidate_ids = torch.arange(len(labeled), len(labeled) + len(candidates))
+    query_seed = derive_seed(seed, round_index, SEED_QUERY)
+    items = _select(strategy, model, aux, dataset, train_ids, candidate_ids, candidates, classes, k, config, query_seed)
+    return _Trained(items, name, accuracy, test_note, model_file, train_seconds, time.perf_counter() - start)
 
 
 def _cold_start(candidates: list[db.ImageRow], k: int) -> list[BatchItem]:
@@ -190,7 +216,7 @@ def _dataset(
 
 
 def _select(
-    strategy: object,
+    strategy: Strategy,
     model: torch.nn.Module,
     aux: torch.nn.Module | None,
     dataset: Dataset,
@@ -212,7 +238,7 @@ def _select(
         aux_model=aux,
         batch_size=config.active.score_batch_size,
     )
-    selection = strategy.select(ctx, k)  # type: ignore[attr-defined]
+    selection = strategy.select(ctx, k)
     probabilities = torch.softmax(predict(model, dataset, selection.indices)["logits"], dim=1).cpu()
     confidence, suggested = probabilities.max(dim=1)
     first = int(candidate_ids[0])
