@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,7 @@ def fit(
     aux_model: nn.Module | None = None,
     progress: bool = False,
     description: str = "train",
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> FitResult:
     """Train ``model`` (w_main, and w_aux ``aux_model`` when given) on ``dataset.train[labeled]``.
 
@@ -156,6 +158,8 @@ def fit(
             total += loss.detach() * batch.numel()
             seen += batch.numel()
         schedule.after_epoch()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs)  # e.g. the web page's progress line
         mean_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(epoch)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from lplgrad import config_files
+from lplgrad.errors import UserError
 from lplgrad.project import workflow
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX
 from lplgrad.project.predict import predict_files
 from lplgrad.project.query import query
 
-COMMANDS = ("init", "add", "query", "import", "status", "export", "predict")
+COMMANDS = ("init", "add", "query", "import", "status", "export", "predict", "label")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parsers(sub: Any) -> None:
@@ -63,6 +66,13 @@ def add_parsers(sub: Any) -> None:
     ex.add_argument("--format", choices=["csv", "imagefolder"], default="csv")
     ex.add_argument("--copy", action="store_true", help="imagefolder: copy the files instead of linking them")
 
+    lb = sub.add_parser("label", allow_abbrev=False, help="label in the browser while the model learns")
+    lb.add_argument("project", type=Path, metavar="DIR")
+    lb.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    lb.add_argument("--port", type=int, default=8765)
+    lb.add_argument("--strategy", help="strategy of the rounds the page trains (default: the project's)")
+    lb.add_argument("--k", type=int, default=20, help="images per batch the page trains (default 20)")
+
     pr = sub.add_parser("predict", allow_abbrev=False, help="the latest model's predictions for images")
     pr.add_argument("project", type=Path, metavar="DIR")
     pr.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files or folders")
@@ -109,6 +119,8 @@ def run(args: argparse.Namespace) -> None:
             print(f"{workflow.export_csv(args.project, args.out)} labels written to {args.out}")
         else:
             print(f"{workflow.export_imagefolder(args.project, args.out, args.copy)} images under {args.out}")
+    elif args.command == "label":
+        serve(args)
     elif args.command == "predict":
         print(f"{predict_files(args.project, args.images, args.out)} predictions written to {args.out}")
 
@@ -128,3 +140,17 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
             f"round {r['round']}: {r['strategy']}, trained on {r['labeled']}, queried {r['queried']}, "
             f"accuracy {accuracy}"
         )
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn  # imported here: only this command needs the web stack
+
+    from lplgrad.web.app import create_app
+
+    if args.k < 1:
+        raise UserError(f"--k must be >= 1, got {args.k}")
+    app = create_app(args.project, args.strategy, args.k)
+    if args.host not in LOOPBACK:
+        print(f"warning: serving on {args.host}: anyone who can reach it can label this project", file=sys.stderr)
+    print(f"labeling {args.project} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

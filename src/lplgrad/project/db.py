@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lplgrad.errors import UserError
 
@@ -160,7 +161,7 @@ def last_round_of(conn: sqlite3.Connection) -> dict[int, int]:
     return {row[0]: row[1] for row in conn.execute("SELECT image_id, MAX(round) FROM queried GROUP BY image_id")}
 
 
-def rounds(conn: sqlite3.Connection) -> list[dict[str, object]]:
+def rounds(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in conn.execute("SELECT * FROM rounds ORDER BY round")]
 
 
@@ -234,3 +235,42 @@ def add_round(conn: sqlite3.Connection, record: dict[str, object], queried: list
             for image, rank, score, suggested, confidence in queried
         ],
     )
+
+
+def label_of(conn: sqlite3.Connection, image: int) -> dict[str, object] | None:
+    """The label row of an image (class name, source, round, time, annotator), None if unlabeled."""
+    row = conn.execute(
+        "SELECT classes.name AS label, labels.source, labels.round, labels.time, labels.annotator FROM labels "
+        "JOIN classes ON classes.id = labels.class_id WHERE labels.image_id = ?",
+        (image,),
+    ).fetchone()
+    return None if row is None else dict(row)
+
+
+def restore_label(conn: sqlite3.Connection, image: int, previous: dict[str, object] | None) -> None:
+    """Put an image's label back as it was (``label_of`` before a change); None removes it."""
+    if previous is None:
+        conn.execute("DELETE FROM labels WHERE image_id = ?", (image,))
+        return
+    set_labels(
+        conn,
+        [
+            (
+                image,
+                str(previous["label"]),
+                str(previous["source"]),
+                previous["round"],  # type: ignore[list-item]
+                previous["time"],
+                previous["annotator"],
+            )
+        ],
+    )
+
+
+def queried_labels(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """(round, class name) of every queried image that is labeled: which classes each round found."""
+    rows = conn.execute(
+        "SELECT queried.round, classes.name FROM queried JOIN labels ON labels.image_id = queried.image_id "
+        "JOIN classes ON classes.id = labels.class_id ORDER BY queried.round"
+    )
+    return [(row[0], row[1]) for row in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,6 +70,7 @@ def query(
     subset: int | None = None,
     include_pending: bool = False,
     url_prefix: str = LOCAL_FILES_PREFIX,
+    on_progress: Callable[[str], None] | None = None,
 ) -> QueryResult:
     """Train, measure and write DIR/batches/round-N/ (batch.csv, label-studio.json and its config);
     the round is recorded in the database last, in one transaction, so a kill before that leaves
@@ -93,7 +95,8 @@ def query(
             derive_seed(config.seed, round_index, SEED_SUBSET),
         )
         if labeled:
-            done = _train_and_select(project, conn, config, strategy, name, round_index, labeled, candidates, k)
+            report = on_progress or (lambda message: None)
+            done = _train_and_select(project, conn, config, strategy, name, round_index, labeled, candidates, k, report)
         else:
             done = _Trained(_cold_start(candidates, k), "random (cold start)")
         folder = _write_batch(project, round_index, done.items, db.classes(conn), url_prefix)
@@ -143,6 +146,7 @@ def _train_and_select(
     labeled: list[db.ImageRow],
     candidates: list[db.ImageRow],
     k: int,
+    report: Callable[[str], None],
 ) -> _Trained:
     """Fit on the labeled images, measure, save the model, and let the strategy pick k candidates."""
     seed, classes = config.seed, db.classes(conn)
@@ -155,11 +159,23 @@ def _train_and_select(
     aux = aux_model if strategy.uses_aux_model else None
     start = time.perf_counter()
     train_seed = derive_seed(seed, round_index, SEED_TRAIN)
-    fit(model, dataset, train_ids, config.train, train_seed, aux, progress=True, description=f"round {round_index}")
+    report(f"decoded {len(labeled)} labeled and {len(candidates)} candidate images; training")
+    fit(
+        model,
+        dataset,
+        train_ids,
+        config.train,
+        train_seed,
+        aux,
+        progress=True,
+        description=f"round {round_index}",
+        on_epoch=lambda epoch, epochs: report(f"training: epoch {epoch} of {epochs}"),
+    )
     train_seconds = time.perf_counter() - start
     accuracy = evaluate(model, dataset)[0] if test_note else None
     model_file = f"models/round-{round_index}.pt"
     save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
+    report(f"scoring {len(candidates)} candidates ({name})")
     start = time.perf_counter()
     candidate_ids = torch.arange(len(labeled), len(labeled) + len(candidates))
     query_seed = derive_seed(seed, round_index, SEED_QUERY)

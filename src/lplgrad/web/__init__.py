@@ -1,0 +1,1 @@
+"""``lplgrad label``: the local web page to label a project's batches (app.py, trainer.py, templates/, static/)."""

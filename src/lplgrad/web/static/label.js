@@ -1,0 +1,195 @@
+// lplgrad label: the page's behaviour. Plain JavaScript, no build step.
+"use strict";
+
+const token = document.querySelector('meta[name="csrf-token"]').content;
+const SHORTCUTS = "123456789abcdefghijklmnopqrvwxy"; // 1-9, then letters; s = skip, u = undo
+let state = null;
+let skipped = new Set(); // ids skipped in this page view: shown again after the others
+let currentId = null;
+let poll = null;
+
+async function post(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": token },
+    body: JSON.stringify(body || {}),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  return data;
+}
+
+async function refresh() {
+  const response = await fetch("/api/state");
+  state = await response.json();
+  render();
+  const running = state.training.running;
+  if (running && !poll) poll = setInterval(refresh, 1000);
+  if (!running && poll) { clearInterval(poll); poll = null; }
+}
+
+function todo() {
+  const open = state.batch.filter((item) => item.label === null);
+  return open.filter((i) => !skipped.has(i.id)).concat(open.filter((i) => skipped.has(i.id)));
+}
+
+function render() {
+  const s = state.status;
+  const batchDone = state.batch.filter((i) => i.label !== null).length;
+  const perClass = Object.entries(s.per_class).map(([k, v]) => `${k} ${v}`).join(", ");
+  document.getElementById("progress").textContent =
+    `This batch: ${batchDone} of ${state.batch.length} labeled · all: ${s.labeled} of ${s.images} · ${perClass}`;
+  const open = todo();
+  const current = open[0] || null;
+  currentId = current ? current.id : null;
+  const img = document.getElementById("current-image");
+  const caption = document.getElementById("suggestion");
+  if (current) {
+    img.hidden = false;
+    img.src = `/image/${current.id}`;
+    img.alt = `image ${current.id} (${current.path})`;
+    caption.textContent = current.suggested
+      ? `model suggests ${current.suggested} (${Math.round(100 * current.confidence)}%) · rank ${current.rank}`
+      : `rank ${current.rank} · no model yet`;
+  } else {
+    img.hidden = true;
+    caption.textContent = state.batch.length
+      ? "This batch is done: train and pick the next batch."
+      : "No batch yet: train and pick the first batch.";
+  }
+  renderClasses(current);
+  document.getElementById("undo").disabled = !state.can_undo;
+  document.getElementById("skip").disabled = !current;
+  const training = document.getElementById("training");
+  const t = state.training;
+  training.textContent = t.error || (t.running ? `Training: ${t.message}` : t.message);
+  training.className = t.error ? "error" : "";
+  document.getElementById("train").disabled = t.running;
+  document.getElementById("next").replaceChildren(...open.slice(1, 7).map((item) => {
+    const thumb = document.createElement("img");
+    thumb.src = `/image/${item.id}`;
+    thumb.alt = `next: image ${item.id}`;
+    return thumb;
+  }));
+  renderDashboard();
+}
+
+function renderClasses(current) {
+  const box = document.getElementById("classes");
+  box.replaceChildren(...state.status.classes.map((name, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "class" + (current && current.suggested === name ? " suggested" : "");
+    button.disabled = !current;
+    button.dataset.label = name;
+    const key = document.createElement("kbd");
+    key.textContent = SHORTCUTS[index] || "";
+    button.append(key, ` ${name}`);
+    button.addEventListener("click", () => answer(name));
+    return button;
+  }));
+}
+
+function renderDashboard() {
+  const perClass = state.dashboard.per_class;
+  const most = Math.max(1, ...Object.values(perClass));
+  document.getElementById("per-class").replaceChildren(...Object.entries(perClass).map(([name, count]) => {
+    const row = document.createElement("tr");
+    row.innerHTML = `<td></td><td></td><td class="bar"><span></span></td>`;
+    row.children[0].textContent = name;
+    row.children[1].textContent = count;
+    row.querySelector("span").style.width = `${(100 * count) / most}px`;
+    return row;
+  }));
+  drawAccuracy(state.dashboard.rounds.filter((r) => r.accuracy !== null));
+  document.getElementById("found").replaceChildren(...state.dashboard.rounds.map((r) => {
+    const row = document.createElement("tr");
+    row.innerHTML = "<td></td><td></td>";
+    row.children[0].textContent = `round ${r.round}`;
+    row.children[1].textContent = Object.entries(r.found).map(([k, v]) => `${k} ${v}`).join(", ") || "-";
+    return row;
+  }));
+}
+
+function drawAccuracy(rounds) {
+  const svg = document.getElementById("accuracy");
+  const ns = "http://www.w3.org/2000/svg";
+  const el = (name, attrs) => {
+    const node = document.createElementNS(ns, name);
+    Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+    return node;
+  };
+  const [left, top, width, height] = [30, 10, 280, 125];
+  const x = (i) => left + (rounds.length < 2 ? width / 2 : (i * width) / (rounds.length - 1));
+  const y = (a) => top + height * (1 - a);
+  const parts = [el("line", { x1: left, y1: top + height, x2: left + width, y2: top + height, class: "axis" }),
+    el("line", { x1: left, y1: top, x2: left, y2: top + height, class: "axis" })];
+  for (const a of [0, 0.5, 1]) {
+    const label = el("text", { x: 2, y: y(a) + 3 });
+    label.textContent = `${100 * a}%`;
+    parts.push(label);
+  }
+  if (rounds.length) {
+    parts.push(el("polyline", { class: "line", points: rounds.map((r, i) => `${x(i)},${y(r.accuracy)}`).join(" ") }));
+    rounds.forEach((r, i) => {
+      const point = el("circle", { cx: x(i), cy: y(r.accuracy), r: 3.5, class: "point" });
+      const title = el("title", {});
+      title.textContent = `round ${r.round}: ${(100 * r.accuracy).toFixed(1)}% (${r.accuracy_on})`;
+      point.append(title);
+      const label = el("text", { x: x(i) - 6, y: top + height + 12 });
+      label.textContent = `r${r.round}`;
+      parts.push(point, label);
+    });
+  }
+  svg.replaceChildren(...parts);
+}
+
+async function answer(name) {
+  if (currentId === null) return;
+  try {
+    await post("/api/label", { image: currentId, label: name });
+    skipped.delete(currentId);
+  } catch (error) {
+    showError(error);
+  }
+  await refresh();
+}
+
+async function undo() {
+  try {
+    await post("/api/undo");
+  } catch (error) {
+    showError(error);
+  }
+  await refresh();
+}
+
+async function train() {
+  try {
+    await post("/api/train");
+  } catch (error) {
+    showError(error);
+  }
+  skipped = new Set();
+  await refresh();
+}
+
+function showError(error) {
+  const training = document.getElementById("training");
+  training.textContent = error.message;
+  training.className = "error";
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey || !state) return;
+  const key = event.key.toLowerCase();
+  if (key === "s" && currentId !== null) { skipped.add(currentId); render(); return; }
+  if (key === "u") { undo(); return; }
+  const index = SHORTCUTS.indexOf(key);
+  if (index >= 0 && index < state.status.classes.length) answer(state.status.classes[index]);
+});
+
+document.getElementById("skip").addEventListener("click", () => { if (currentId !== null) { skipped.add(currentId); render(); } });
+document.getElementById("undo").addEventListener("click", undo);
+document.getElementById("train").addEventListener("click", train);
+refresh();
