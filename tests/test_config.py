@@ -15,7 +15,7 @@ def test_dataset_defaults_sit_under_user_values() -> None:
     caltech = cfg.resolve({"data.name": "caltech101"})
     assert caltech.train.batch_size == 80 and caltech.train.epochs == 50
     folder = cfg.resolve({"data.name": "imagefolder:/some/where"})
-    assert folder.train.lr == 0.01
+    assert (folder.train.lr, folder.train.schedule, folder.train.min_steps) == (0.05, "cosine", 300)
 
 
 @pytest.mark.parametrize(
