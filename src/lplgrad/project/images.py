@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,18 +74,21 @@ def check_unchanged(rows: list[ImageRow]) -> None:
 
 
 def decode(rows: list[ImageRow], size: int) -> Tensor:
-    """uint8 [N, 3, size, size] of these images (decoded in threads), after checking each is unchanged."""
+    """uint8 [N, 3, size, size] of these images (decoded in threads, each written straight into the
+    result, so no list of arrays is kept), after checking each is unchanged."""
     check_unchanged(rows)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        arrays = list(pool.map(lambda row: _decode(row.full_path, size), rows))
-    decoded = []
-    for row, array in zip(rows, arrays, strict=True):
+    images = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
+
+    def decode_into(position: int) -> None:
+        row = rows[position]
+        array = _decode(row.full_path, size)
         if array is None:
             raise UserError(f"image {row.full_path} (id {row.id}) can no longer be decoded")
-        decoded.append(array)
-    if not decoded:
-        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
+        images[position] = torch.tensor(array).permute(2, 0, 1)  # a copy: the decoded array is read-only
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(decode_into, range(len(rows))))
+    return images
 
 
 def stream(rows: list[ImageRow], size: int, chunk: int = CHUNK) -> Iterator[tuple[list[ImageRow], Tensor]]:

@@ -153,6 +153,8 @@ async function answer(name) {
     showError(error);
   }
   await refresh();
+  // The batch is done: learn from it and pick the next one without being asked.
+  if (state.batch.length && todo().length === 0 && !state.training.running) await train();
 }
 
 async function undo() {
