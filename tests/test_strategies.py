@@ -122,3 +122,38 @@ def test_k_center_never_repeats_coinciding_points() -> None:
     points = torch.zeros(4, 3)
     positions, _ = k_center_greedy(points, torch.zeros(1, 3), 4)
     assert sorted(positions.tolist()) == [0, 1, 2, 3]
+
+
+def test_badge_distances_from_factors_equal_the_formed_gradient_embeddings() -> None:
+    from lplgrad.strategies.badge import _squared_distances, gradient_factors
+
+    generator = torch.Generator().manual_seed(0)
+    logits, features = torch.randn(6, 4, generator=generator), torch.randn(6, 5, generator=generator)
+    a, h = gradient_factors(logits, features)
+    formed = (a[:, :, None] * h[:, None, :]).flatten(1)  # g_i = a_i outer h_i, [6, 20]
+    norm2 = (a * a).sum(1) * (h * h).sum(1)
+    for center in range(6):
+        expected = ((formed - formed[center]) ** 2).sum(1)
+        assert torch.allclose(_squared_distances(a, h, norm2, center), expected, atol=1e-5)
+
+
+def test_badge_spreads_its_picks_over_separate_groups() -> None:
+    from lplgrad.strategies.badge import kmeans_pp
+
+    # Three tight groups of embeddings far apart: three picks take one from each group.
+    centers = torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0]])
+    h = centers.repeat_interleave(5, 0) + 0.01 * torch.randn(15, 3, generator=torch.Generator().manual_seed(1))
+    a = torch.ones(15, 2)
+    for seed in range(5):
+        positions, _ = kmeans_pp(a, h, 3, torch.Generator().manual_seed(seed))
+        assert sorted((positions // 5).tolist()) == [0, 1, 2]
+
+
+def test_bald_is_zero_for_a_deterministic_model_and_positive_with_dropout() -> None:
+    from lplgrad.strategies.bald import mutual_information
+
+    head = torch.nn.Linear(8, 3)
+    features = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
+    deterministic = mutual_information(features, head, 0.0, 10, torch.Generator().manual_seed(0))
+    assert torch.allclose(deterministic, torch.zeros(10), atol=1e-6)
+    assert (mutual_information(features, head, 0.5, 10, torch.Generator().manual_seed(0)) > 0).all()

@@ -1,6 +1,14 @@
 """Query strategies, registered by name. Import order only fills the registry."""
 
-from lplgrad.strategies import coreset, gradnorm_sampling, learning_loss, random_sampling, uncertainty_sampling
+from lplgrad.strategies import (
+    badge,
+    bald,
+    coreset,
+    gradnorm_sampling,
+    learning_loss,
+    random_sampling,
+    uncertainty_sampling,
+)
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, top_k
 from lplgrad.strategies.registry import create_strategy, list_strategies, register_strategy, strategy_class
 
@@ -8,6 +16,8 @@ __all__ = [
     "QueryContext",
     "Selection",
     "Strategy",
+    "badge",
+    "bald",
     "coreset",
     "create_strategy",
     "gradnorm_sampling",
