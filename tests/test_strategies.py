@@ -95,7 +95,7 @@ def test_score_based_strategies_pick_the_highest_scores(model, aux_model, datase
 
 def test_uses_aux_model_is_part_of_the_strategy() -> None:
     with_aux = {n for n in list_strategies() if create_strategy(n).uses_aux_model}
-    assert with_aux == {"lplgrad", "learning-loss"}
+    assert with_aux == {"lplgrad", "learning-loss", "lplgrad-diverse"}
 
 
 def test_gradient_strategies_record_their_reduction() -> None:
@@ -157,3 +157,41 @@ def test_bald_is_zero_for_a_deterministic_model_and_positive_with_dropout() -> N
     deterministic = mutual_information(features, head, 0.0, 10, torch.Generator().manual_seed(0))
     assert torch.allclose(deterministic, torch.zeros(10), atol=1e-6)
     assert (mutual_information(features, head, 0.5, 10, torch.Generator().manual_seed(0)) > 0).all()
+
+
+def mixture(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three Gaussian blobs on the unit circle (100, 60 and 30 points) and their centres."""
+    generator = torch.Generator().manual_seed(seed)
+    angles = torch.tensor([0.0, 2.1, 4.2])
+    centres = torch.stack([angles.cos(), angles.sin()], 1).double()
+    sizes = [100, 60, 30]
+    points = torch.cat(
+        [c + 0.05 * torch.randn(n, 2, generator=generator).double() for c, n in zip(centres, sizes, strict=True)]
+    )
+    return points, centres
+
+
+def test_typiclust_picks_the_dense_centres_of_a_mixture() -> None:
+    from lplgrad.strategies.typical import typiclust_picks
+
+    points, centres = mixture()
+    positions, _ = typiclust_picks(points[:0], points, 3, torch.Generator().manual_seed(0))
+    picked = points[positions]
+    nearest_centre = torch.cdist(picked, centres).argmin(1)
+    assert sorted(nearest_centre.tolist()) == [0, 1, 2]  # one per blob
+    assert (torch.cdist(picked, centres).min(1).values < 0.05).all()  # near each blob's dense middle
+
+
+def test_probcover_covers_the_most_points_first_and_skips_covered_ones() -> None:
+    from lplgrad.strategies.typical import max_coverage_picks, purity_radius
+
+    points, _ = mixture()
+    pseudo = torch.tensor([0] * 100 + [1] * 60 + [2] * 30)
+    delta = purity_radius(points, pseudo)
+    assert 0.2 < delta < 1.7  # blobs are ~1.7 apart: pure balls stay inside one blob
+    positions, gains = max_coverage_picks(points[:0], points, 3, delta, torch.Generator().manual_seed(0))
+    assert positions[0] < 100 and gains[0] >= 90  # the big blob first, covering (nearly) all of it
+    assert sorted((positions >= 100).long() + (positions >= 160).long()) == [0, 1, 2]
+    # A labeled point in the big blob covers it already: the first pick goes elsewhere.
+    positions, _ = max_coverage_picks(points[:1], points[1:], 1, delta, torch.Generator().manual_seed(0))
+    assert positions[0] + 1 >= 100

@@ -7,6 +7,7 @@ from lplgrad.strategies import (
     gradnorm_sampling,
     learning_loss,
     random_sampling,
+    typical,
     uncertainty_sampling,
 )
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, top_k
@@ -27,5 +28,6 @@ __all__ = [
     "register_strategy",
     "strategy_class",
     "top_k",
+    "typical",
     "uncertainty_sampling",
 ]

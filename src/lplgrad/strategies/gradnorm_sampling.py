@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 from torch import Tensor
 
+from lplgrad.inference import predict
 from lplgrad.scoring.gradnorm import Reduction, ScoreLoss, per_sample_grad_norms
-from lplgrad.strategies.base import QueryContext, Strategy
+from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k, top_k
+from lplgrad.strategies.coreset import k_center_greedy
 from lplgrad.strategies.registry import register_strategy
 
 
@@ -61,3 +64,23 @@ class ExpectedGradNorm(_GradNormStrategy):
 
     name = "expected-gradnorm"
     loss = "expected"
+
+
+@register_strategy
+@dataclass(frozen=True)
+class LPLgradDiverse(_GradNormStrategy):
+    """LPLgrad inside a diversity step (ours, beyond the paper): the top ``pool_factor`` x k
+    candidates by entropy-gradient norm, then greedy k-center among them on penultimate features
+    (farthest from the labeled set and from earlier picks), so a batch is not k near-duplicates."""
+
+    name = "lplgrad-diverse"
+    uses_aux_model = True
+    pool_factor: int = 10
+
+    def select(self, ctx: QueryContext, k: int) -> Selection:
+        check_k(k, ctx.candidates.numel())
+        shortlist = top_k(ctx.candidates, self.score(ctx), min(ctx.candidates.numel(), self.pool_factor * k))
+        embed = partial(predict, ctx.model, ctx.dataset, batch_size=ctx.batch_size, embeddings=True)
+        positions, _ = k_center_greedy(embed(shortlist.indices)["embeddings"], embed(ctx.labeled)["embeddings"], k)
+        assert shortlist.scores is not None
+        return Selection(shortlist.indices[positions], shortlist.scores[positions])
