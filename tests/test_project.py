@@ -241,3 +241,64 @@ def test_init_refuses_an_existing_project_and_unknown_class_folders(tmp_path, la
     shutil.move(tree / "red", tree / "crimson")
     with pytest.raises(UserError, match="not project classes: crimson"):
         workflow.init(tmp_path / "other", tmp_path / "pool", CLASSES, labeled=tree)
+
+
+def test_a_second_query_skips_pending_images_unless_asked(labeled_project) -> None:
+    project, _ = labeled_project
+    first = query(project, "random", k=4)
+    second = query(project, "random", k=4)
+    conn = db.connect(project)
+    batches = [{r["image_id"] for r in db.queried_in(conn, n)} for n in (first.round, second.round)]
+    assert not batches[0] & batches[1]
+    with pytest.raises(UserError, match="only 1 unlabeled images can be queried"):
+        query(project, "random", k=2)
+    assert query(project, "random", k=2, include_pending=True).queried == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '[{"data": {"lplgrad_id": 1}, "annotations": ["oops"]}]',
+            "Label Studio export: .str. object has no attribute",
+        ),
+        (
+            '[{"data": {"lplgrad_id": 1}, "annotations": [{"result": [{"value": {"choices": ["red", "blue"]}}]}]}]',
+            "one class per image expected",
+        ),
+        ("[1, 2]", "expected a list of Label Studio tasks"),
+    ],
+)
+def test_malformed_label_studio_files_are_one_line_errors(tmp_path, labeled_project, content, message) -> None:
+    project, _ = labeled_project
+    before = snapshot(project)
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(UserError, match=message):
+        workflow.import_labels(project, [tmp_path / "bad.json"])
+    assert snapshot(project) == before
+
+
+def test_label_studio_urls_of_awkward_file_names_come_back(tmp_path: Path) -> None:
+    from lplgrad.project.exchange import BatchItem, label_studio_tasks, parse_label_studio_json
+
+    items = [BatchItem(1, "a b/c&d+e#f%.png", "red", 0.5, 1.0, 1)]
+    task = json.loads(label_studio_tasks(items, "v"))[0]
+    task["annotations"] = [{"result": [{"value": {"choices": ["red"]}}], "was_cancelled": False}]
+    (record,) = parse_label_studio_json("x", json.dumps([task]))
+    assert (record.image_id, record.path, record.label) == (1, "a b/c&d+e#f%.png", "red")
+
+
+def test_init_refuses_overlapping_folders_and_unsafe_class_names(tmp_path: Path) -> None:
+    make_images(tmp_path / "pool", 6)
+    make_images(tmp_path / "pool" / "test", 3, folders=True)
+    with pytest.raises(UserError, match="overlap"):
+        workflow.init(tmp_path / "p1", tmp_path / "pool", CLASSES, test=tmp_path / "pool" / "test")
+    with pytest.raises(UserError, match="cannot hold / or"):
+        workflow.init(tmp_path / "p2", tmp_path / "pool", ["red", "../blue"])
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def test_commands_on_a_folder_that_is_no_project(tmp_path: Path, capsys) -> None:
+    assert run("query", str(tmp_path / "nothing"), "--k", "2") == 2
+    assert "is not an lplgrad project" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()

@@ -30,7 +30,7 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(project: Path) -> tuple[TestClient, str]:
-    client = TestClient(create_app(project, "entropy", k=4))
+    client = TestClient(create_app(project, "entropy", k=4), base_url="http://127.0.0.1")
     page = client.get("/")
     token = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
     assert page.status_code == 200 and token is not None
@@ -143,3 +143,24 @@ def test_labels_imported_from_the_cli_show_after_a_reload(client, project: Path,
     (tmp_path / "cli.csv").write_text(f"id,label\n{item['id']},blue\n")
     workflow.import_labels(project, [tmp_path / "cli.csv"])
     assert client.get("/api/state").json()["batch"][1]["label"] == "blue"
+
+
+def test_other_host_names_huge_ids_and_odd_tokens_are_refused(client, project: Path) -> None:
+    client, token = client
+    assert client.get("/", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
+    assert post(client, token, "/api/label", {"image": 2**70, "label": "red"}).status_code == 400
+    assert client.get(f"/image/{2**70}").status_code == 404
+    image = client.get("/api/state").json()["batch"][0]["id"]
+    odd = client.post("/api/label", json={"image": image, "label": "red"}, headers={"X-CSRF-Token": "tökén".encode()})
+    assert odd.status_code == 403
+    assert workflow.status(project)["labeled"] == 0
+
+
+def test_an_unfinished_batch_stays_on_the_page_after_the_next_round(client, project: Path) -> None:
+    client, token = client
+    first = client.get("/api/state").json()["batch"]
+    assert post(client, token, "/api/label", {"image": first[0]["id"], "label": "red"}).status_code == 200
+    query(project, "random", k=3)
+    shown = {item["id"] for item in client.get("/api/state").json()["batch"]}
+    assert {item["id"] for item in first[1:]} <= shown  # the four still unlabeled from round 1
+    assert first[0]["id"] not in shown

@@ -130,7 +130,8 @@ def test_label_by_keyboard_undo_reload_and_train(server, browser, tmp_path: Path
     screenshots.mkdir(parents=True, exist_ok=True)
 
     browser.find_element("id", "train").click()
-    wait_for(browser, lambda d: "This batch: 0 of 6 labeled" in progress(d), timeout=120)
+    # the 6 new images after the 3 left unlabeled from round 1
+    wait_for(browser, lambda d: "This batch: 0 of 9 labeled" in progress(d), timeout=120)
     wait_for(browser, lambda d: len(d.find_elements("css selector", "#accuracy circle")) == 1)
     assert "round 2 ready" in browser.find_element("id", "training").text
     browser.save_screenshot(str(screenshots / "label-1280x800.png"))

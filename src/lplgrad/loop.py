@@ -34,10 +34,14 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
+def model_stem(config: RunConfig, height: int) -> str:
+    """ResNet-18's stem: ``model.stem``, or for "auto" the CIFAR stem up to 64 px and the ImageNet one above."""
+    return config.model.stem if config.model.stem != "auto" else ("cifar" if height <= 64 else "imagenet")
+
+
 def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """Seeded w_main (ResNet-18, stem by image size) and w_aux (its loss prediction module), on ``device``."""
-    _, height, _ = dataset.image_shape
-    stem = config.model.stem if config.model.stem != "auto" else ("cifar" if height <= 64 else "imagenet")
+    stem = model_stem(config, dataset.image_shape[1])
     with torch.random.fork_rng(devices=[]):  # seeds the initialization without touching the caller's generator
         torch.manual_seed(seed)
         model = ResNet18(dataset.num_classes, dataset.image_shape[0], config.model.width, stem)  # type: ignore[arg-type]

@@ -145,11 +145,12 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn  # imported here: only this command needs the web stack
 
-    from lplgrad.web.app import create_app
+    from lplgrad.web.app import LOCAL_HOSTS, create_app
 
     if args.k < 1:
         raise UserError(f"--k must be >= 1, got {args.k}")
-    app = create_app(args.project, args.strategy, args.k)
+    hosts = [*LOCAL_HOSTS, args.host] if args.host not in LOOPBACK else LOCAL_HOSTS
+    app = create_app(args.project, args.strategy, args.k, hosts)
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach it can label this project", file=sys.stderr)
     print(f"labeling {args.project} at http://{args.host}:{args.port}/ (Ctrl-C stops)")

@@ -72,25 +72,45 @@ MIGRATIONS = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def require_project(project: Path) -> None:
+    if not (project / DB_FILE).is_file():
+        raise UserError(f"{project} is not an lplgrad project (no {DB_FILE}); make one with lplgrad init")
+
+
 def connect(project: Path, create: bool = False) -> sqlite3.Connection:
     """Open (or, with ``create``, make) the project database, migrated to the current schema."""
     path = project / DB_FILE
-    if not create and not path.exists():
-        raise UserError(f"{project} is not an lplgrad project (no {DB_FILE}); make one with lplgrad init")
+    if not create:
+        require_project(project)
     conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)  # transactions are explicit
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise UserError(f"{path} was made by a newer lplgrad (schema {version}); upgrade lplgrad")
-    for number in range(version, SCHEMA_VERSION):
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise UserError(f"{path} cannot be used: {error}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the missing migrations, each in its own transaction (the version is read inside it,
+    so two processes opening an old database at once migrate it once)."""
+    while True:
         with transaction(conn):
-            for statement in MIGRATIONS[number].split(";"):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(f"{path} was made by a newer lplgrad (schema {version}); upgrade lplgrad")
+            if version == SCHEMA_VERSION:
+                return
+            for statement in MIGRATIONS[version].split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number + 1}")
-    return conn
+            conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
 @contextmanager
@@ -99,10 +119,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (e.g. a full disk)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 # ---- reading
@@ -231,7 +252,7 @@ def add_round(conn: sqlite3.Connection, record: dict[str, object], queried: list
     conn.executemany(
         "INSERT INTO queried (round, image_id, rank, score, suggested_class_id, confidence) VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (record["round"], image, rank, score, class_ids.get(str(suggested)), confidence)
+            (record["round"], image, rank, score, None if suggested is None else class_ids[str(suggested)], confidence)
             for image, rank, score, suggested, confidence in queried
         ],
     )

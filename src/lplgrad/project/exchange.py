@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
 from lplgrad.errors import UserError
@@ -53,9 +53,14 @@ def parse_file(name: str, data: bytes) -> ParsedFile:
         raise UserError(f"{name} is not UTF-8 text") from None
     if not text.strip():
         raise UserError(f"{name} is empty")
-    if text.lstrip()[:1] in "[{":
-        return ParsedFile("label-studio", parse_label_studio_json(name, text))
-    return parse_csv(name, text)
+    try:
+        if text.lstrip()[:1] in "[{":
+            return ParsedFile("label-studio", parse_label_studio_json(name, text))
+        return parse_csv(name, text)
+    except (AttributeError, TypeError, KeyError, csv.Error) as error:  # a file of an unexpected shape
+        raise UserError(
+            f"{name} is not a batch.csv, a (path or id, label) CSV or a Label Studio export: {error}"
+        ) from None
 
 
 def parse_label_studio_json(name: str, text: str) -> list[LabelRecord]:
@@ -113,7 +118,7 @@ def _choice_of(result: list[dict[str, Any]], where: str) -> str | None:
     for region in result:
         choices = (region.get("value") or {}).get("choices")
         if choices:
-            if len(choices) != 1:
+            if not isinstance(choices, list) or len(choices) != 1:
                 raise UserError(f"{where}: one class per image expected, got {choices}")
             return str(choices[0])
     return None
@@ -230,7 +235,7 @@ def label_studio_tasks(items: Iterable[BatchItem], model_version: str, url_prefi
     suggested class, so the person starts from the model's guess (Label Studio's import format)."""
     tasks = []
     for item in items:
-        task: dict[str, Any] = {"data": {"image": url_prefix + item.path, "lplgrad_id": item.image_id}}
+        task: dict[str, Any] = {"data": {"image": url_prefix + quote(item.path), "lplgrad_id": item.image_id}}
         if item.suggested_label is not None:
             task["predictions"] = [
                 {

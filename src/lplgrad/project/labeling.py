@@ -5,6 +5,7 @@ labeling while a round trains, and the CLI and the page can work on one project 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +14,29 @@ from lplgrad.project import db
 
 
 def current_batch(project: Path) -> list[dict[str, Any]]:
-    """The newest round's queried images in rank order, each with its label (if answered)."""
-    conn = db.connect(project)
-    try:
+    """The newest round's queried images in rank order, each with its label (if answered), after
+    the images still unlabeled from earlier rounds (so a batch left half done is not lost)."""
+    with closing(db.connect(project)) as conn:
         rounds = db.rounds(conn)
         if not rounds:
             return []
         latest = int(rounds[-1]["round"])
-        images = {row.id: row for row in db.images(conn)}
-        names = {i: name for i, name in conn.execute("SELECT id, name FROM classes")}
+        queried = conn.execute("SELECT * FROM queried ORDER BY round, rank").fetchall()
+        images = {row.id: row for row in db.images(conn, "WHERE images.id IN (SELECT image_id FROM queried)")}
+        names = dict(conn.execute("SELECT id, name FROM classes").fetchall())
+        shown = [q for q in queried if q["round"] == latest or images[q["image_id"]].label is None]
         return [
             {
-                "id": row["image_id"],
-                "path": images[row["image_id"]].path,
-                "rank": row["rank"],
-                "round": latest,
-                "suggested": names.get(row["suggested_class_id"]),
-                "confidence": row["confidence"],
-                "label": images[row["image_id"]].label,
+                "id": q["image_id"],
+                "path": images[q["image_id"]].path,
+                "rank": q["rank"],
+                "round": q["round"],
+                "suggested": names.get(q["suggested_class_id"]),
+                "confidence": q["confidence"],
+                "label": images[q["image_id"]].label,
             }
-            for row in db.queried_in(conn, latest)
+            for q in shown
         ]
-    finally:
-        conn.close()
 
 
 def answer(project: Path, image: int, label: str, annotator: str | None = None) -> dict[str, Any] | None:

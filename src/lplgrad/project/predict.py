@@ -27,7 +27,8 @@ def latest_model(project: Path) -> tuple[torch.nn.Module, dict]:
         raise UserError(f"{project} has no trained model yet; run lplgrad query after importing some labels")
     state = torch.load(project / str(files[-1]), map_location="cpu", weights_only=True)
     size = state["image_size"]
-    model = ResNet18(len(state["classes"]), 3, state["width"], "cifar" if size <= 64 else "imagenet")
+    stem = state.get("stem", "cifar" if size <= 64 else "imagenet")
+    model = ResNet18(len(state["classes"]), 3, state["width"], stem)
     model.load_state_dict(state["model"])
     return model.eval(), state
 

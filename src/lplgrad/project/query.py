@@ -25,7 +25,7 @@ from lplgrad.errors import UserError
 from lplgrad.experiment import make_strategy, resolve_device
 from lplgrad.folder_lock import folder_lock
 from lplgrad.inference import evaluate, predict
-from lplgrad.loop import SEED_INIT, SEED_QUERY, SEED_SUBSET, SEED_TRAIN, build_models, derive_seed
+from lplgrad.loop import SEED_INIT, SEED_QUERY, SEED_SUBSET, SEED_TRAIN, build_models, derive_seed, model_stem
 from lplgrad.project import db
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem, batch_csv, label_studio_config, label_studio_tasks
 from lplgrad.project.images import decode
@@ -77,6 +77,7 @@ def query(
     the project as it was and the command can simply be run again."""
     if k < 1:
         raise UserError(f"--k must be >= 1, got {k}")
+    db.require_project(project)
     with folder_lock(project, "project"):
         conn = db.connect(project)
         config = read_settings(project)
@@ -283,6 +284,7 @@ def _model_state(model: torch.nn.Module, aux: torch.nn.Module, config: RunConfig
         "mean": list(dataset.mean),
         "std": list(dataset.std),
         "width": config.model.width,
+        "stem": model_stem(config, size),
     }
 
 

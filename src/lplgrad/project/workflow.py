@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import shutil
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,13 @@ def init(
         if tree is not None:
             _check_class_tree(tree, names)
     records = parse_file(str(labels_csv), _read(labels_csv)).records if labels_csv else []
+    _check_separate_roots([tree for tree in (images, labeled, test) if tree is not None])
+    found = _scan(images)  # everything is read before the project folder is touched
+    extra = {tree: _scan(tree) for tree in (labeled, test) if tree is not None}
+    all_sizes = found.sizes + [s for scanned in extra.values() for s in scanned.sizes]
+    size = project_image_size(all_sizes, config.data.image_size)
     project.mkdir(parents=True, exist_ok=True)
-    with folder_lock(project, "project"):
-        conn = db.connect(project, create=True)
-        found = _scan(images)
-        extra = {tree: _scan(tree) for tree in (labeled, test) if tree is not None}
-        all_sizes = found.sizes + [s for scanned in extra.values() for s in scanned.sizes]
-        size = project_image_size(all_sizes, config.data.image_size)
+    with folder_lock(project, "project"), closing(db.connect(project, create=True)) as conn:
         with db.transaction(conn):
             db.add_classes(conn, names)
             db.set_setting(conn, "image_size", str(size))
@@ -68,23 +69,20 @@ def init(
                 counts["csv_labels"] = _apply(
                     conn, project, records, "csv", relabel=False, on_conflict="newest"
                 ).labeled
-        write_settings(project, config)
+            write_settings(project, config)  # before the commit: a committed project always has its settings
         skipped = found.bad + [b for scanned in extra.values() for b in scanned.bad]
         if skipped:
             write_atomic(project / SKIPPED_FILE, "\n".join(skipped) + "\n")
             log.warning("skipped %d file(s) that could not be decoded (listed in %s)", len(skipped), SKIPPED_FILE)
-        conn.close()
     return {**counts, "skipped": len(skipped), "image_size": size}
 
 
 def add(project: Path, images: Path) -> dict[str, int]:
     """Register the images under ``images`` that the project does not have yet."""
-    with folder_lock(project, "project"):
-        conn = db.connect(project)
-        found = _scan(images)
-        with db.transaction(conn):
-            added = db.add_images(conn, db.root_id(conn, images.resolve()), "pool", found.files)
-        conn.close()
+    db.require_project(project)
+    found = _scan(images)
+    with folder_lock(project, "project"), closing(db.connect(project)) as conn, db.transaction(conn):
+        added = db.add_images(conn, db.root_id(conn, images.resolve()), "pool", found.files)
     return {"added": added, "already_registered": len(found.files) - added, "skipped": len(found.bad)}
 
 
@@ -99,16 +97,14 @@ class ImportCounts:
 def import_labels(project: Path, files: list[Path], relabel: bool = False, on_conflict: str = "newest") -> ImportCounts:
     """Labels from filled batch.csv files, other (path or id, label) CSVs, and Label Studio exports.
     Every row of every file is checked first; then one transaction writes them all."""
+    db.require_project(project)
     parsed = [(path, parse_file(str(path), _read(path))) for path in files]
-    with folder_lock(project, "project"):
-        conn = db.connect(project)
-        counts = ImportCounts()
-        with db.transaction(conn):
-            for _, found in parsed:
-                part = _apply(conn, project, found.records, found.source, relabel, on_conflict)
-                for name in ("labeled", "skipped", "unchanged", "relabeled"):
-                    setattr(counts, name, getattr(counts, name) + getattr(part, name))
-        conn.close()
+    counts = ImportCounts()
+    with folder_lock(project, "project"), closing(db.connect(project)) as conn, db.transaction(conn):
+        for _, found in parsed:
+            part = _apply(conn, project, found.records, found.source, relabel, on_conflict)
+            for name in ("labeled", "skipped", "unchanged", "relabeled"):
+                setattr(counts, name, getattr(counts, name) + getattr(part, name))
     return counts
 
 
@@ -162,7 +158,8 @@ def _find(record: LabelRecord, by_id: dict[int, db.ImageRow], by_path: dict[str,
         row = by_id.get(record.image_id)
         if row is None:
             raise UserError(f"{record.line}: no image with id {record.image_id} in this project")
-        if record.path and record.path not in (row.path, str(row.full_path)):  # a file from another project?
+        same = record.path in (row.path, str(row.full_path)) or (record.path or "").endswith("/" + row.path)
+        if record.path and not same:  # a file from another project?
             raise UserError(
                 f"{record.line}: image id {record.image_id} is {row.path} in this project, but the file says "
                 f"{record.path}; is it an export of another project?"
@@ -183,7 +180,7 @@ def _resolve_answers(given: list[LabelRecord], on_conflict: str) -> LabelRecord:
             " resolve them, or import without --on-conflict error to take the newest"
         )
     timed = [g for g in given if g.time]
-    return max(timed, key=lambda g: g.time or "") if len(timed) == len(given) else given[-1]
+    return max(timed, key=lambda g: str(g.time)) if len(timed) == len(given) else given[-1]
 
 
 def status(project: Path) -> dict[str, Any]:
@@ -258,7 +255,7 @@ def _scan(root: Path) -> _Scanned:
     paths = find_images(root)
     if not paths:
         raise UserError(f"no image files under {root}")
-    files, bad, sizes = register(root.resolve(), [p.resolve() for p in paths])
+    files, bad, sizes = register(root, paths)  # paths relative to the root as found, links not followed out
     return _Scanned(files, [f"{root}/{b}" for b in bad], sizes)
 
 
@@ -271,8 +268,21 @@ def _add_labeled_tree(conn: Any, tree: Path, role: str, files: list[tuple[str, i
     return len(rows)
 
 
+def _check_separate_roots(trees: list[Path]) -> None:
+    """--images, --labeled and --test must not contain one another (an image would be registered
+    twice, e.g. test images queried and trained on)."""
+    resolved = [tree.resolve() for tree in trees]
+    for i, a in enumerate(resolved):
+        for b in resolved[i + 1 :]:
+            if a == b or a in b.parents or b in a.parents:
+                raise UserError(f"{a} and {b} overlap; --images, --labeled and --test must be separate folders")
+
+
 def _check_classes(classes: list[str]) -> list[str]:
     names = [c.strip() for c in classes if c.strip()]
+    unsafe = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
+    if unsafe:
+        raise UserError(f"class names cannot hold / or \\ or start with a dot: {', '.join(unsafe)}")
     if len(names) < 2:
         raise UserError(f"a project needs at least two classes, got {names}")
     if len(set(names)) != len(names):

@@ -16,6 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -55,8 +56,15 @@ class SecurityHeaders(BaseHTTPMiddleware):
         return response
 
 
-def create_app(project: Path, strategy: str | None = None, k: int = 20) -> Starlette:
-    """The app for one project; ``strategy`` and ``k`` size the rounds its button trains."""
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+
+def create_app(
+    project: Path, strategy: str | None = None, k: int = 20, allowed_hosts: list[str] | None = None
+) -> Starlette:
+    """The app for one project; ``strategy`` and ``k`` size the rounds its button trains. Requests
+    must name one of ``allowed_hosts`` (default: this machine's names) in their Host header, so a
+    web page that rebinds its own domain to 127.0.0.1 (DNS rebinding) cannot reach the app."""
     db.connect(project).close()  # fails now, with the CLI's one-line error, if DIR is no project
     token = secrets.token_urlsafe(32)
     trainer = Trainer(project, strategy, k)
@@ -78,7 +86,8 @@ def create_app(project: Path, strategy: str | None = None, k: int = 20) -> Starl
         )
 
     async def image(request: Request) -> Response:
-        path = labeling.image_file(project, int(request.path_params["image_id"]))
+        image_id = int(request.path_params["image_id"])
+        path = labeling.image_file(project, image_id) if 0 < image_id < 2**63 else None
         if path is None or not path.is_file():
             return JSONResponse({"error": "no such image"}, status_code=404)
         return FileResponse(path, media_type=IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"))
@@ -88,7 +97,9 @@ def create_app(project: Path, strategy: str | None = None, k: int = 20) -> Starl
         if isinstance(body, Response):
             return body
         image_id, name = body.get("image"), body.get("label")
-        if not isinstance(image_id, int) or isinstance(image_id, bool) or not isinstance(name, str):
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or not 0 < image_id < 2**63:
+            return JSONResponse({"error": 'expected {"image": id, "label": class}'}, status_code=400)
+        if not isinstance(name, str):
             return JSONResponse({"error": 'expected {"image": id, "label": class}'}, status_code=400)
         try:
             previous = labeling.answer(project, image_id, name)
@@ -124,12 +135,15 @@ def create_app(project: Path, strategy: str | None = None, k: int = 20) -> Starl
         Route("/api/train", train, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+    hosts = allowed_hosts or LOCAL_HOSTS
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts), Middleware(SecurityHeaders)]
+    return Starlette(routes=routes, middleware=middleware)
 
 
 async def _json_body(request: Request, token: str) -> dict[str, Any] | Response:
     """The request's JSON object, after checking its CSRF token; else the error response."""
-    if not secrets.compare_digest(request.headers.get("x-csrf-token", ""), token):
+    given = request.headers.get("x-csrf-token", "").encode("utf-8", "surrogateescape")
+    if not secrets.compare_digest(given, token.encode()):
         return JSONResponse({"error": "missing or wrong X-CSRF-Token"}, status_code=403)
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return JSONResponse({"error": "expected application/json"}, status_code=415)

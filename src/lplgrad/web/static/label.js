@@ -7,6 +7,7 @@ let state = null;
 let skipped = new Set(); // ids skipped in this page view: shown again after the others
 let currentId = null;
 let poll = null;
+let busy = false; // a label or undo request in flight: further keys wait, so one press is one answer
 
 async function post(path, body) {
   const response = await fetch(path, {
@@ -145,7 +146,8 @@ function drawAccuracy(rounds) {
 }
 
 async function answer(name) {
-  if (currentId === null) return;
+  if (currentId === null || busy) return;
+  busy = true;
   try {
     await post("/api/label", { image: currentId, label: name });
     skipped.delete(currentId);
@@ -153,17 +155,21 @@ async function answer(name) {
     showError(error);
   }
   await refresh();
+  busy = false;
   // The batch is done: learn from it and pick the next one without being asked.
   if (state.batch.length && todo().length === 0 && !state.training.running) await train();
 }
 
 async function undo() {
+  if (busy) return;
+  busy = true;
   try {
     await post("/api/undo");
   } catch (error) {
     showError(error);
   }
   await refresh();
+  busy = false;
 }
 
 async function train() {
