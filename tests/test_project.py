@@ -302,3 +302,15 @@ def test_commands_on_a_folder_that_is_no_project(tmp_path: Path, capsys) -> None
     assert run("query", str(tmp_path / "nothing"), "--k", "2") == 2
     assert "is not an lplgrad project" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()
+
+
+def test_answers_in_two_files_are_resolved_together(tmp_path, labeled_project) -> None:
+    project, _ = labeled_project
+    (tmp_path / "a.csv").write_text("path,label,updated_at\nsub/003.png,red,2026-01-01T00:00:00Z\n")
+    (tmp_path / "b.csv").write_text("path,label,updated_at\nsub/003.png,blue,2026-01-02T00:00:00Z\n")
+    with pytest.raises(UserError, match="disagree"):
+        workflow.import_labels(project, [tmp_path / "b.csv", tmp_path / "a.csv"], on_conflict="error")
+    counts = workflow.import_labels(project, [tmp_path / "b.csv", tmp_path / "a.csv"])
+    assert counts.labeled == 1
+    conn = db.connect(project)
+    assert {row.path: row.label for row in db.images(conn)}["sub/003.png"] == "blue"  # the newest

@@ -13,7 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 from xml.sax.saxutils import quoteattr
@@ -37,6 +37,7 @@ class LabelRecord:
     annotator: str | None = None
     time: str | None = None  # ISO 8601, when the file says; orders several answers for one image
     line: str = ""  # where it came from, for error messages
+    source: str = "csv"  # "csv" or "label-studio": what the label's row in the database will say
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ def parse_file(name: str, data: bytes) -> ParsedFile:
         raise UserError(f"{name} is empty")
     try:
         if text.lstrip()[:1] in "[{":
-            return ParsedFile("label-studio", parse_label_studio_json(name, text))
-        return parse_csv(name, text)
+            found = ParsedFile("label-studio", parse_label_studio_json(name, text))
+        else:
+            found = parse_csv(name, text)
+        return ParsedFile(found.source, [replace(r, source=found.source) for r in found.records])
     except (AttributeError, TypeError, KeyError, csv.Error) as error:  # a file of an unexpected shape
         raise UserError(
             f"{name} is not a batch.csv, a (path or id, label) CSV or a Label Studio export: {error}"

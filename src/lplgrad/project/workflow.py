@@ -66,9 +66,7 @@ def init(
             if test is not None:
                 counts["test"] = _add_labeled_tree(conn, test, "test", extra[test].files)
             if records:
-                counts["csv_labels"] = _apply(
-                    conn, project, records, "csv", relabel=False, on_conflict="newest"
-                ).labeled
+                counts["csv_labels"] = _apply(conn, project, records, relabel=False, on_conflict="newest").labeled
             write_settings(project, config)  # before the commit: a committed project always has its settings
         skipped = found.bad + [b for scanned in extra.values() for b in scanned.bad]
         if skipped:
@@ -98,19 +96,13 @@ def import_labels(project: Path, files: list[Path], relabel: bool = False, on_co
     """Labels from filled batch.csv files, other (path or id, label) CSVs, and Label Studio exports.
     Every row of every file is checked first; then one transaction writes them all."""
     db.require_project(project)
-    parsed = [(path, parse_file(str(path), _read(path))) for path in files]
-    counts = ImportCounts()
+    records = [record for path in files for record in parse_file(str(path), _read(path)).records]
     with folder_lock(project, "project"), closing(db.connect(project)) as conn, db.transaction(conn):
-        for _, found in parsed:
-            part = _apply(conn, project, found.records, found.source, relabel, on_conflict)
-            for name in ("labeled", "skipped", "unchanged", "relabeled"):
-                setattr(counts, name, getattr(counts, name) + getattr(part, name))
-    return counts
+        # All files at once, so "newest wins" and --on-conflict error hold across files too.
+        return _apply(conn, project, records, relabel, on_conflict)
 
 
-def _apply(
-    conn: Any, project: Path, records: list[LabelRecord], source: str, relabel: bool, on_conflict: str
-) -> ImportCounts:
+def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, on_conflict: str) -> ImportCounts:
     """Resolve, validate and write ``records`` (inside the caller's transaction; raises before any write)."""
     names = db.classes(conn)
     rows = db.images(conn)
@@ -148,7 +140,7 @@ def _apply(
             counts.labeled += 1
         else:
             counts.relabeled += 1
-        writes.append((image, chosen.label, source, latest_round.get(image), chosen.time, chosen.annotator))
+        writes.append((image, chosen.label, chosen.source, latest_round.get(image), chosen.time, chosen.annotator))
     db.set_labels(conn, writes)  # type: ignore[arg-type]
     return counts
 
