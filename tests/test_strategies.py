@@ -195,3 +195,22 @@ def test_probcover_covers_the_most_points_first_and_skips_covered_ones() -> None
     # A labeled point in the big blob covers it already: the first pick goes elsewhere.
     positions, _ = max_coverage_picks(points[:1], points[1:], 1, delta, torch.Generator().manual_seed(0))
     assert positions[0] + 1 >= 100
+
+
+def test_typiclust_and_probcover_read_embeddings_from_a_file(model, dataset, tmp_path) -> None:
+    import numpy as np
+
+    from lplgrad.errors import UserError
+
+    # 64 training images in three groups of embeddings; the candidates (40..63) span all three.
+    groups = torch.arange(64) % 3
+    table = torch.nn.functional.one_hot(groups, 3).double() * 5 + 0.01 * torch.randn(64, 3, dtype=torch.float64)
+    np.save(tmp_path / "emb.npy", table.numpy())
+    context = QueryContext(model, dataset, CANDIDATES, torch.arange(0), torch.Generator().manual_seed(0))
+    for name in ("typiclust", "probcover"):
+        strategy = create_strategy(name, embeddings=str(tmp_path / "emb.npy"))
+        picks = strategy.select(context, 3).indices
+        assert sorted(groups[picks].tolist()) == [0, 1, 2], name
+    np.save(tmp_path / "short.npy", table[:10].numpy())
+    with pytest.raises(UserError, match=r"expected \[64, D\]"):
+        create_strategy("typiclust", embeddings=str(tmp_path / "short.npy")).select(context, 3)

@@ -71,6 +71,7 @@ class ActiveConfig:
     candidate_subset: int = 10000  # R: random unlabeled candidates scored per round (Beluch et al. 2018)
     reduction: str = "layer_sum"  # gradient-norm aggregation: layer_sum (public code) | global (eq. 8)
     score_bf16: bool = False  # bf16 autocast for gradient-norm scoring (GPU speed; scores approximate)
+    embeddings: str | None = None  # .npy [N, D] of the training pool, rows in its order, for typiclust/probcover
     score_batch_size: int = 256  # images per forward pass of forward-only scores; gradient norms chunk by memory
 
 
