@@ -217,19 +217,22 @@ def export_csv(project: Path, out: Path) -> int:
 
 def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
     """OUT/train/<class>/ (and OUT/test/<class>/ for test images) of symlinks (or copies) of the labeled images."""
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; choose a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} is not an empty folder; choose a new one")
     conn = db.connect(project)
     labeled = [row for row in db.images(conn) if row.label is not None]
     conn.close()
     for row in labeled:
         split = "train" if row.role == "pool" else "test"
         target = out / split / row.label / f"{row.id}-{Path(row.path).name}"  # type: ignore[operator]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if copy:
-            shutil.copy2(row.full_path, target)
-        else:
-            os.symlink(row.full_path, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if copy:
+                shutil.copy2(row.full_path, target)
+            else:
+                os.symlink(row.full_path, target)
+        except OSError as error:
+            raise UserError(f"cannot export {row.full_path} to {target}: {error.strerror or error}") from None
     return len(labeled)
 
 
