@@ -295,3 +295,12 @@ def queried_labels(conn: sqlite3.Connection) -> list[tuple[int, str]]:
         "JOIN classes ON classes.id = labels.class_id ORDER BY queried.round"
     )
     return [(row[0], row[1]) for row in rows]
+
+
+def counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Pool images, labeled pool images and test images, counted by SQLite (no rows loaded)."""
+    row = conn.execute(
+        "SELECT SUM(images.role = 'pool'), SUM(images.role = 'pool' AND labels.image_id IS NOT NULL), "
+        "SUM(images.role = 'test') FROM images LEFT JOIN labels ON labels.image_id = images.id"
+    ).fetchone()
+    return {"images": row[0] or 0, "labeled": row[1] or 0, "test_images": row[2] or 0}

@@ -178,15 +178,14 @@ def _resolve_answers(given: list[LabelRecord], on_conflict: str) -> LabelRecord:
 def status(project: Path) -> dict[str, Any]:
     """Counts for people and for scripts (``lplgrad status --json``)."""
     conn = db.connect(project)
-    pool = db.images(conn, "WHERE images.role = 'pool'")
-    pending = db.pending_ids(conn)
-    test = db.images(conn, "WHERE images.role = 'test'")
+    counted = db.counts(conn)
+    pending = len(db.pending_ids(conn))  # pending images are unlabeled by definition
     result = {
-        "images": len(pool),
-        "labeled": sum(row.label is not None for row in pool),
-        "pending": len(pending),
-        "unlabeled": sum(row.label is None and row.id not in pending for row in pool),
-        "test_images": len(test),
+        "images": counted["images"],
+        "labeled": counted["labeled"],
+        "pending": pending,
+        "unlabeled": counted["images"] - counted["labeled"] - pending,
+        "test_images": counted["test_images"],
         "classes": db.classes(conn),
         "per_class": db.labels_per_class(conn),
         "rounds": [
