@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lplgrad.data import Dataset
+from lplgrad.distributed import gather, shard
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,15 @@ class Strategy:
         return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
+        """The top k by ``score``. Under torchrun each process scores its own slice of the
+        candidates and the scores are gathered, so every process picks the same k."""
         check_k(k, ctx.candidates.numel())
-        return top_k(ctx.candidates, self.score(ctx), k)
+        part = ctx.candidates[shard(ctx.candidates.numel())]
+        if part.numel():
+            scores = self.score(dataclasses.replace(ctx, candidates=part))
+        else:  # more processes than candidates
+            scores = torch.zeros(0, device=ctx.dataset.train.images.device)
+        return top_k(ctx.candidates, gather(scores), k)
 
     def score(self, ctx: QueryContext) -> Tensor:
         """Informativeness [M] of each candidate, in ``ctx.candidates`` order."""
