@@ -39,7 +39,7 @@ def test_train_test_layout_and_cache(tmp_path, monkeypatch) -> None:
     def no_decoding(*_args, **_kwargs):
         raise AssertionError("the second load must come from the cache")
 
-    monkeypatch.setattr(imagefolder, "_decode", no_decoding)
+    monkeypatch.setattr(imagefolder, "decode_image", no_decoding)
     again = load_dataset(config)
     assert (again.train.images == dataset.train.images).all()
     assert again.skipped_files == dataset.skipped_files

@@ -118,7 +118,7 @@ def _cache_key(paths: list[Path], root: Path, size: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
+def header_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as img:
             return img.size
@@ -143,7 +143,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _decode(path: Path, size: int) -> np.ndarray | None:
+def decode_image(path: Path, size: int) -> np.ndarray | None:
     """One image as uint8 [H, W, 3] resized to size x size (0 = keep); None if it cannot be decoded
     (truncated or corrupt data, a non-image file, an empty file, a decompression bomb)."""
     try:
@@ -165,7 +165,7 @@ def choose_size(paths: list[Path], requested: int | None, workers: int) -> int:
     if requested:
         return requested
     with ThreadPoolExecutor(workers) as pool:
-        sizes = Counter(s for s in pool.map(_header_size, paths) if s is not None)
+        sizes = Counter(s for s in pool.map(header_size, paths) if s is not None)
     if len(sizes) == 1:
         (width, height), _ = sizes.most_common(1)[0]
         if width == height:
@@ -195,7 +195,7 @@ def decode_folder(
     size = choose_size(paths, image_size, workers)
     log.info("decoding %d images under %s (once; cached afterwards)", len(paths), root)
     with ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, size), paths))
+        arrays = list(pool.map(lambda p: decode_image(p, size), paths))
     keep = [i for i, a in enumerate(arrays) if a is not None]
     decoded = [a for a in arrays if a is not None]
     skipped = [str(paths[i]) for i, a in enumerate(arrays) if a is None]

@@ -182,6 +182,11 @@ def last_round_of(conn: sqlite3.Connection) -> dict[int, int]:
     return {row[0]: row[1] for row in conn.execute("SELECT image_id, MAX(round) FROM queried GROUP BY image_id")}
 
 
+def last_round(conn: sqlite3.Connection, image: int) -> int | None:
+    """The latest round that queried one image (None if none did)."""
+    return conn.execute("SELECT MAX(round) FROM queried WHERE image_id = ?", (image,)).fetchone()[0]
+
+
 def rounds(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in conn.execute("SELECT * FROM rounds ORDER BY round")]
 

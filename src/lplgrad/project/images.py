@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, _decode, _header_size
+from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, decode_image, header_size
 from lplgrad.errors import UserError
 from lplgrad.project.db import ImageRow
 
@@ -51,7 +51,7 @@ def register(root: Path, paths: list[Path]) -> tuple[list[tuple[str, int, int, s
     """Fingerprint decodable files (in threads): ([(relative path, size, mtime, sha256)], undecodable
     relative paths, [(width, height)] of the decodable ones)."""
     with ThreadPoolExecutor(WORKERS) as pool:
-        sizes = list(pool.map(_header_size, paths))
+        sizes = list(pool.map(header_size, paths))
         good = [p for p, s in zip(paths, sizes, strict=True) if s is not None]
         prints = list(pool.map(fingerprint, good))
     files = [(p.relative_to(root).as_posix(), *f) for p, f in zip(good, prints, strict=True)]
@@ -81,7 +81,7 @@ def decode(rows: list[ImageRow], size: int) -> Tensor:
 
     def decode_into(position: int) -> None:
         row = rows[position]
-        array = _decode(row.full_path, size)
+        array = decode_image(row.full_path, size)
         if array is None:
             raise UserError(f"image {row.full_path} (id {row.id}) can no longer be decoded")
         images[position] = torch.tensor(array).permute(2, 0, 1)  # a copy: the decoded array is read-only

@@ -50,7 +50,7 @@ def answer(project: Path, image: int, label: str, annotator: str | None = None) 
             raise UserError(f"no image with id {image} to label")
         with db.transaction(conn):
             previous = db.label_of(conn, image)
-            db.set_labels(conn, [(image, label, "web", db.last_round_of(conn).get(image), None, annotator)])
+            db.set_labels(conn, [(image, label, "web", db.last_round(conn, image), None, annotator)])
         return previous
     finally:
         conn.close()

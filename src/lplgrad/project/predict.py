@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lplgrad.atomic_io import write_atomic
-from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, _decode
+from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, decode_image
 from lplgrad.errors import UserError
 from lplgrad.models import ResNet18
 from lplgrad.models.output import split_output
 from lplgrad.project import db
+from lplgrad.project.images import WORKERS
 
 CHUNK = 256
 
@@ -59,7 +61,8 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
     writer.writerow(["path", "predicted", "confidence", *classes])
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        arrays = [_decode(p, size) for p in chunk]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            arrays = list(pool.map(lambda path: decode_image(path, size), chunk))
         decoded = [a for a in arrays if a is not None]
         if len(decoded) != len(arrays):
             bad = [str(p) for p, a in zip(chunk, arrays, strict=True) if a is None]
