@@ -1,4 +1,4 @@
-"""Command line: ``lplgrad run | demo | report | strategies | presets | datasets`` here, and the labeling
+"""Command line: ``lplgrad run | demo | embed | report | strategies | presets | datasets`` here, and the labeling
 project's ``init | add | query | import | status | export | predict`` (``project/commands.py``).
 Only these two modules print."""
 
@@ -21,6 +21,8 @@ from lplgrad.experiment import TrialsFailed, run_experiment
 from lplgrad.project import commands as project_commands
 from lplgrad.report import write_report
 from lplgrad.results import RESULTS_FILE, read_rows
+from lplgrad.selfsup import SimCLRConfig
+from lplgrad.selfsup.embed import embed_pool
 from lplgrad.strategies import list_strategies, strategy_class
 from lplgrad.summary import accuracy_table
 
@@ -104,6 +106,32 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--out", type=folder, required=True, help="output folder (config.toml, results.jsonl)")
 
 
+def _embed_parser(sub: Any) -> None:
+    embed = sub.add_parser(
+        "embed",
+        allow_abbrev=False,
+        help="learn self-supervised features of the training pool (SimCLR) for typiclust / probcover",
+        description="Train SimCLR on the training images of a run's dataset (no labels read) and write their "
+        "features: FILE.npy, rows in the pool's order, and for image folders FILE.csv (path,row). Use them with "
+        "--set active.embeddings=FILE.npy.",
+    )
+    embed.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default digits)")
+    embed.add_argument("--preset", help="a shipped preset: its dataset, width and device")
+    embed.add_argument("--config", type=Path, help="TOML file of settings (e.g. a run's config.toml)")
+    embed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    embed.add_argument("--width", type=int, help="ResNet-18 base width of the SimCLR backbone")
+    embed.add_argument("--seed", type=int, help="seed of the initialization and the views (default 0)")
+    embed.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    embed.add_argument("--data-root", help="folder of torchvision datasets (default ./data)")
+    embed.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
+    defaults = SimCLRConfig()
+    embed.add_argument("--epochs", dest="embed_epochs", type=int, default=defaults.epochs, help="SimCLR epochs")
+    embed.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per SimCLR batch")
+    embed.add_argument("--temperature", type=float, default=defaults.temperature, help="NT-Xent temperature")
+    embed.add_argument("--base-lr", type=float, default=defaults.base_lr, help="SGD lr per 256 images (cosine decay)")
+    embed.add_argument("--out", type=Path, required=True, metavar="FILE.npy", help="the embeddings file to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lplgrad",
@@ -113,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    _embed_parser(sub)
     demo = sub.add_parser(
         "demo", allow_abbrev=False, help="quick start: lplgrad vs entropy vs random on the bundled digits"
     )
@@ -138,10 +167,10 @@ def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
     if args.config:
         values.update(config_files.read_toml(args.config))
     for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)  # `embed` takes only some of run's flags
         if value is not None:
             values[key] = value
-    if args.rounds is not None:
+    if getattr(args, "rounds", None) is not None:
         values["active.budget"] = None  # --rounds asks to stop by rounds, even over a preset's or file's budget
     values.update(config_files.parse_set(args.set))
     config = cfg.resolve(values)
@@ -202,6 +231,15 @@ def _main(args: argparse.Namespace) -> int:
             rows = run_experiment(demo_config(), args.out, progress=True)
             print(f"\nTest accuracy (%), mean ± std over 2 trials, digits, {time.perf_counter() - start:.0f} s:")
             print(accuracy_table(rows))
+        elif args.command == "embed":
+            settings = SimCLRConfig(
+                epochs=args.embed_epochs, batch_size=args.batch_size, base_lr=args.base_lr, temperature=args.temperature
+            )
+            summary = embed_pool(config_from_args(args), settings, args.out)
+            images, dims = summary.shape
+            print(f"embeddings: {summary.embeddings} ({images} x {dims}, {summary.seconds:.0f} s)")
+            index = f" --set active.embeddings_index={summary.index}" if summary.index else ""
+            print(f"use them with: --set active.embeddings={summary.embeddings}{index}")
         elif args.command == "run":
             run_experiment(config_from_args(args), args.out, progress=True, resume=args.resume)
             print(accuracy_table(read_rows(args.out / RESULTS_FILE)))  # the whole run, resumed parts included

@@ -72,6 +72,7 @@ class ActiveConfig:
     reduction: str = "layer_sum"  # gradient-norm aggregation: layer_sum (public code) | global (eq. 8)
     score_bf16: bool = False  # bf16 autocast for gradient-norm scoring (GPU speed; scores approximate)
     embeddings: str | None = None  # .npy [N, D] of the training pool, rows in its order, for typiclust/probcover
+    embeddings_index: str | None = None  # CSV path,row: which .npy row holds each image of an image folder
     score_batch_size: int = 256  # images per forward pass of forward-only scores; gradient norms chunk by memory
 
 
@@ -263,6 +264,8 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     if not config.active.strategies:
         raise UserError("no strategy given")
+    if config.active.embeddings_index and not config.active.embeddings:
+        raise UserError("active.embeddings_index maps rows of active.embeddings, which is not set")
     for fraction in [*config.train.milestones, config.train.detach_fraction]:
         if not 0 <= fraction <= 1:
             raise UserError(f"train.milestones and train.detach_fraction are fractions of the epochs, got {fraction}")

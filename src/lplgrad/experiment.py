@@ -44,7 +44,12 @@ def resolve_device(name: str) -> torch.device:
 def make_strategy(name: str, active: ActiveConfig) -> Strategy:
     """The strategy ``name`` with the scoring settings of the config that it declares (e.g. the
     gradient-norm reduction), so the strict factory sees only options the strategy takes."""
-    settings = {"reduction": active.reduction, "score_bf16": active.score_bf16, "embeddings": active.embeddings}
+    settings = {
+        "reduction": active.reduction,
+        "score_bf16": active.score_bf16,
+        "embeddings": active.embeddings,
+        "embeddings_index": active.embeddings_index,
+    }
     declared = strategy_class(name).options()
     return create_strategy(name, **{k: v for k, v in settings.items() if k in declared})
 

@@ -47,6 +47,7 @@ class Dataset:
     std: tuple[float, ...]
     augment: Augment
     skipped_files: tuple[str, ...] = ()  # files of an image folder that could not be decoded
+    train_files: tuple[str, ...] = ()  # an image folder's training files (relative to it), one per train row
     _mean: Tensor = field(init=False, repr=False, compare=False)  # [1, C, 1, 1] on the data's device
     _std: Tensor = field(init=False, repr=False, compare=False)
 

@@ -40,6 +40,7 @@ class FolderImages:
     labels: Tensor
     classes: list[str]
     skipped: list[str]
+    files: list[str]  # the decoded images' paths relative to the folder, in row order (POSIX separators)
 
 
 def default_cache_dir() -> Path:
@@ -190,7 +191,8 @@ def decode_folder(
     if cache_file.exists():
         cached = torch.load(cache_file, weights_only=True)
         log.info("loaded %d decoded images of %s from cache %s", len(cached["labels"]), root, cache_file)
-        return FolderImages(cached["images"], cached["labels"], classes, list(cached["skipped"]))
+        skipped = list(cached["skipped"])
+        return FolderImages(cached["images"], cached["labels"], classes, skipped, _kept_files(paths, root, skipped))
 
     size = choose_size(paths, image_size, workers)
     log.info("decoding %d images under %s (once; cached afterwards)", len(paths), root)
@@ -215,4 +217,10 @@ def decode_folder(
         save_atomic(cache_file, {"images": images, "labels": label_tensor, "skipped": skipped})
     except StorageError as error:
         log.warning("the decoded images are not cached (%s); the next run decodes them again", error.strerror)
-    return FolderImages(images, label_tensor, classes, skipped)
+    return FolderImages(images, label_tensor, classes, skipped, _kept_files(paths, root, skipped))
+
+
+def _kept_files(paths: list[Path], root: Path, skipped: list[str]) -> list[str]:
+    """Paths relative to ``root`` of the files that decoded, in the order of the image rows."""
+    dropped = set(skipped)
+    return [path.relative_to(root).as_posix() for path in paths if str(path) not in dropped]

@@ -100,15 +100,20 @@ _YOUR_FOLDER = {
 }
 
 
-def _holdout(images: torch.Tensor, labels: torch.Tensor, config: DataConfig) -> tuple[Split, Split]:
-    """Seeded stratified train/test split for data that ships without one."""
+def _holdout_rows(labels: torch.Tensor, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row indices of a seeded stratified train/test split."""
     index = np.arange(len(labels))
     counts = np.bincount(labels.numpy())
     stratify = labels.numpy() if counts[counts > 0].min() >= 2 else None
     train_idx, test_idx = train_test_split(
         index, test_size=config.holdout, random_state=config.split_seed, stratify=stratify
     )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return np.sort(train_idx), np.sort(test_idx)
+
+
+def _holdout(images: torch.Tensor, labels: torch.Tensor, config: DataConfig) -> tuple[Split, Split]:
+    """Seeded stratified train/test split for data that ships without one."""
+    train_idx, test_idx = _holdout_rows(labels, config)
     return (
         Split(images[train_idx], labels[train_idx]),
         Split(images[test_idx], labels[test_idx]),
@@ -244,14 +249,16 @@ def load_imagefolder(config: DataConfig) -> Dataset:
         test = Split(test_images.images, test_images.labels)
         classes = train_images.classes
         skipped = train_images.skipped + test_images.skipped
+        train_files = [f"train/{file}" for file in train_images.files]
     else:
         decoded = decode_folder(root, image_size=config.image_size, cache_dir=cache)
         train, test = _holdout(decoded.images, decoded.labels, config)
         classes, skipped = decoded.classes, decoded.skipped
+        train_files = [decoded.files[i] for i in _holdout_rows(decoded.labels, config)[0]]
     if len(classes) < 2:
         raise UserError(
             f"{root} has {len(classes)} class folder ({', '.join(classes)}); classification needs at least two, "
             f"as {root}/<class>/<image>"
         )
     dataset = _make(name, train, test, classes, flip=config.flip)
-    return replace(dataset, skipped_files=tuple(skipped))
+    return replace(dataset, skipped_files=tuple(skipped), train_files=tuple(train_files))

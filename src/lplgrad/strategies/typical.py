@@ -2,7 +2,8 @@
 
 Both work on L2-normalised embeddings of the labeled and candidate images: the current model's
 penultimate features, or a user's ``.npy`` file (``active.embeddings``: [N, D], one row per training
-image in the pool's order, e.g. features of a self-supervised model).
+image in the pool's order, or any order with an index CSV, see ``embeddings.py``; ``lplgrad embed``
+learns such features self-supervised).
 - ``typiclust``: k-means into |L| + k clusters; for each pick, the largest cluster with the fewest
   labeled images, and in it the most typical image, typicality(x) = 1 / mean distance to its
   nearest neighbours (at most 20) in the cluster.
@@ -15,7 +16,6 @@ image in the pool's order, e.g. features of a self-supervised model).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,7 @@ from scipy import sparse
 from sklearn.cluster import KMeans
 from torch import Tensor
 
-from lplgrad.errors import UserError
+from lplgrad.embeddings import load_embeddings
 from lplgrad.inference import predict
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
@@ -130,24 +130,12 @@ def max_coverage_picks(
     return torch.tensor(picks), torch.tensor(scores)
 
 
-@functools.lru_cache(maxsize=2)
-def load_embeddings(path: str, rows: int) -> Tensor:
-    """A user's embeddings file: a .npy array [N, D], one row per training image in the pool's order."""
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read embeddings {path}: {error}") from None
-    if array.ndim != 2 or array.shape[0] != rows:
-        raise UserError(f"embeddings {path} are {array.shape}; expected [{rows}, D], one row per training image")
-    return torch.nn.functional.normalize(torch.from_numpy(np.array(array, dtype=np.float64)), dim=1)
-
-
-def _embeddings(ctx: QueryContext, candidates: Tensor, path: str | None) -> tuple[Tensor, Tensor]:
-    """(candidates', labeled images') normalised embeddings, from the model or from ``path``;
-    no labels gives an empty [0, D]."""
+def _embeddings(ctx: QueryContext, candidates: Tensor, path: str | None, index: str | None) -> tuple[Tensor, Tensor]:
+    """(candidates', labeled images') normalised embeddings, from the model or from the file
+    ``path`` (``embeddings.py``); no labels gives an empty [0, D]."""
     labeled = ctx.labeled.cpu()
     if path is not None:
-        table = load_embeddings(path, len(ctx.dataset.train))
+        table = load_embeddings(path, ctx.dataset, index)
         return table[candidates], table[labeled]
     pool = normalized_embeddings(ctx, candidates)
     if labeled.numel() == 0:
@@ -162,11 +150,12 @@ class TypiClust(Strategy):
 
     name = "typiclust"
     embeddings: str | None = None  # a .npy file (active.embeddings); None: the model's penultimate features
+    embeddings_index: str | None = None  # a path,row CSV for the .npy's rows (active.embeddings_index)
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())
         candidates = ctx.candidates.cpu().sort().values
-        pool, labeled = _embeddings(ctx, candidates, self.embeddings)
+        pool, labeled = _embeddings(ctx, candidates, self.embeddings, self.embeddings_index)
         positions, scores = typiclust_picks(labeled, pool, k, ctx.generator)
         return Selection(candidates[positions], scores.float())
 
@@ -178,11 +167,12 @@ class ProbCover(Strategy):
 
     name = "probcover"
     embeddings: str | None = None  # a .npy file (active.embeddings); None: the model's penultimate features
+    embeddings_index: str | None = None  # a path,row CSV for the .npy's rows (active.embeddings_index)
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())
         candidates = ctx.candidates.cpu().sort().values
-        pool, labeled = _embeddings(ctx, candidates, self.embeddings)
+        pool, labeled = _embeddings(ctx, candidates, self.embeddings, self.embeddings_index)
         points = torch.cat([labeled, pool])
         classes = min(ctx.dataset.num_classes, len(points))
         pseudo = torch.from_numpy(_kmeans(points, classes, ctx.generator)).long()
