@@ -1,7 +1,9 @@
-"""Sharded scoring under torchrun (2 processes, gloo on the CPU) picks what one process picks."""
+"""torchrun with 2 processes (gloo on the CPU): sharded scoring, DistributedDataParallel training,
+whole runs, resume and a failing process, each checked against one process."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,9 +14,28 @@ import pytest
 import torch
 
 from lplgrad.distributed import gather, shard, world
-from tests.distributed_scoring import picks
+from lplgrad.experiment import run_experiment
+from tests.distributed_worker import NoBatchStatistics, fitted, picks
 
 ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed with torch here")
+
+
+def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """2 processes on this machine, one CPU thread each."""
+    assert TORCHRUN is not None
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def worker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return torchrun(str(ROOT / "tests" / "distributed_worker.py"), *args, timeout=timeout)
+
+
+def rows_of(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
 
 
 def test_single_process_helpers_are_no_ops() -> None:
@@ -24,18 +45,95 @@ def test_single_process_helpers_are_no_ops() -> None:
     assert gather(part) is part
 
 
+@needs_torchrun
 def test_two_processes_score_disjoint_shards_and_pick_the_same_images(tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not installed with torch here")
-    out = tmp_path / "picks.pt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / "distributed_scoring.py"), str(out)]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = worker("picks", str(tmp_path / "picks.pt"))
     assert done.returncode == 0, done.stderr[-3000:]
-    sharded = torch.load(out, weights_only=True)
+    sharded = torch.load(tmp_path / "picks.pt", weights_only=True)
     assert sharded["world"] == 2
-    single = picks()
-    for name, (indices, scores) in single.items():
+    for name, (indices, scores) in picks().items():
         assert sharded["picks"][name][0] == indices, name
-        assert sharded["picks"][name][1] == pytest.approx(scores, rel=1e-5), name
+        if scores is not None:
+            assert sharded["picks"][name][1] == pytest.approx(scores, rel=1e-5), name
+
+
+@needs_torchrun
+def test_distributed_fit_averages_gradients_like_one_process_and_ranks_agree(tmp_path: Path) -> None:
+    done = worker("fit", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    for model in ("plain", "resnet", "aux"):  # every weight and BatchNorm buffer identical on both ranks
+        for key, value in ranks[0][model].items():
+            assert torch.equal(value, ranks[1][model][key]), (model, key)
+    # Without batch statistics, 2 x half batches (shards of 8/8, then 6/7) are one process on whole batches:
+    # a wrong weighting of the uneven shards, or gradients not averaged, would move these weights.
+    single = fitted()
+    for key, value in single["plain"].items():
+        assert torch.allclose(ranks[0]["plain"][key], value, atol=1e-5, rtol=1e-4), key
+    torch.manual_seed(0)
+    untrained = NoBatchStatistics().state_dict()
+    assert not torch.allclose(untrained["fc.weight"], single["plain"]["fc.weight"], atol=1e-2)  # it did train
+
+
+RUN = ["--dataset", "digits", "--initial", "40", "--query", "20", "--epochs", "1", "--width", "4", "--device", "cpu"]
+
+
+@needs_torchrun
+def test_a_torchrun_run_writes_the_rows_of_one_process_once(tmp_path: Path) -> None:
+    args = [*RUN, "--strategy", "random,lplgrad,coreset", "--rounds", "3"]
+    done = torchrun("-m", "lplgrad", "run", *args, "--out", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("results:") == 1  # rank 0 alone prints and writes
+    two = rows_of(tmp_path / "two")
+    one = _single(args, tmp_path / "one")
+    key = [(r["strategy"], r["trial"], r["round"], r["labeled"]) for r in two]
+    assert key == [(r["strategy"], r["trial"], r["round"], r["labeled"]) for r in one]
+    assert len(set(key)) == len(key) == 9
+    assert {r["world_size"] for r in two} == {2} and {r["world_size"] for r in one} == {1}
+    # Random picks do not depend on the model: the same images as one process.
+    assert [r["selected"] for r in two if r["strategy"] == "random"] == [
+        r["selected"] for r in one if r["strategy"] == "random"
+    ]
+    assert not list((tmp_path / "two").glob("*rank*"))
+
+
+def _single(args: list[str], out: Path) -> list[dict]:
+    from lplgrad.cli import main
+
+    assert main(["run", *args, "--out", str(out)]) == 0
+    return rows_of(out)
+
+
+@needs_torchrun
+def test_torchrun_resumes_a_run_that_one_process_started(tmp_path: Path, monkeypatch) -> None:
+    import lplgrad.loop
+    from lplgrad.cli import build_parser, config_from_args
+
+    args = [*RUN, "--strategy", "entropy", "--rounds", "3"]
+    config = config_from_args(build_parser().parse_args(["run", *args, "--out", str(tmp_path / "run")]))
+    real_fit = lplgrad.loop.fit
+
+    def interrupted_in_round_2(*a, **k):  # type: ignore[no-untyped-def]
+        if k.get("description", "").endswith("r2"):
+            raise KeyboardInterrupt
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr("lplgrad.loop.fit", interrupted_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, tmp_path / "run")
+    assert [r["round"] for r in rows_of(tmp_path / "run")] == [0, 1]
+    done = torchrun("-m", "lplgrad", "run", *args, "--out", str(tmp_path / "run"), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(tmp_path / "run")
+    assert [(r["round"], r["world_size"]) for r in rows] == [(0, 1), (1, 1), (2, 2)]
+
+
+@needs_torchrun
+def test_a_failing_process_stops_every_process_with_its_message(tmp_path: Path) -> None:
+    args = ["run", *RUN, "--strategy", "random", "--rounds", "3", "--out", str(tmp_path / "run")]
+    done = worker("fail", *args, timeout=120)  # a hang would end in TimeoutExpired
+    assert done.returncode != 0
+    assert "lplgrad: error on rank 1: the simulated failure of rank 1" in done.stderr
+    # Rank 0 was waiting in a collective: it says why it stopped in one line, unless torchrun's SIGTERM came first.
+    assert "[rank0]: Traceback" not in done.stderr
+    assert [r["round"] for r in rows_of(tmp_path / "run")] == [0]  # what finished is kept

@@ -16,6 +16,7 @@ from lplgrad import config as cfg
 from lplgrad import config_files
 from lplgrad.atomic_io import StorageError
 from lplgrad.data.loaders import check_dataset_name, list_datasets
+from lplgrad.distributed import launch_rank, launched, peer_failure, process_group
 from lplgrad.errors import UserError
 from lplgrad.experiment import TrialsFailed, run_experiment
 from lplgrad.project import commands as project_commands
@@ -192,6 +193,11 @@ def demo_config() -> cfg.RunConfig:
     )
 
 
+def _which_process() -> str:
+    """ " on rank N" under torchrun, where every process may report its own error."""
+    return f" on rank {launch_rank()}" if launched() else ""
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt so the same cleanup runs."""
 
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet or launch_rank() > 0 else logging.INFO,  # torchrun: rank 0 logs
         format="%(message)s",
         stream=sys.stderr,
     )
@@ -241,19 +247,27 @@ def _main(args: argparse.Namespace) -> int:
             index = f" --set active.embeddings_index={summary.index}" if summary.index else ""
             print(f"use them with: --set active.embeddings={summary.embeddings}{index}")
         elif args.command == "run":
-            run_experiment(config_from_args(args), args.out, progress=True, resume=args.resume)
-            print(accuracy_table(read_rows(args.out / RESULTS_FILE)))  # the whole run, resumed parts included
-            print(f"results: {args.out / 'results.jsonl'}")
+            config = config_from_args(args)
+            with process_group(config.device):  # under torchrun: one process per device
+                run_experiment(config, args.out, progress=True, resume=args.resume)
+            if launch_rank() == 0:
+                print(accuracy_table(read_rows(args.out / RESULTS_FILE)))  # the whole run, resumed parts included
+                print(f"results: {args.out / 'results.jsonl'}")
         return 0
     except UserError as error:
-        print(f"lplgrad: error: {error}", file=sys.stderr)
+        print(f"lplgrad: error{_which_process()}: {error}", file=sys.stderr)
         return 2
     except (TrialsFailed, StorageError) as error:
-        print(f"lplgrad: error: {error}", file=sys.stderr)
+        print(f"lplgrad: error{_which_process()}: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if not (launched() and peer_failure(error)):
+            raise
+        print(f"lplgrad: error{_which_process()}: another process stopped (its error is above)", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Terminated) as stop:
         out = getattr(args, "out", None)
-        if args.command == "run" and out is not None:
+        if args.command == "run" and out is not None and launch_rank() == 0:
             hint = f"; continue with: lplgrad run --config {out / 'config.toml'} --out {out} --resume"
         else:
             hint = ""

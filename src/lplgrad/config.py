@@ -57,6 +57,7 @@ class TrainConfig:
     min_steps: int = 0  # train at least this many optimizer steps per round (more epochs on small labeled sets)
     schedule: str = "multistep"  # multistep (x gamma at the milestones) | cosine (lr to 0 over all steps)
     label_smoothing: float = 0.0  # of the main model's cross-entropy (w_aux still ranks the plain CE)
+    sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over the whole batch, not a shard
 
 
 @dataclass

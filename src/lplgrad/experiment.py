@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from lplgrad.atomic_io import write_atomic
 from lplgrad.config import ActiveConfig, RunConfig
 from lplgrad.data import Dataset, load_dataset
+from lplgrad.distributed import is_writer, launched, share, world
 from lplgrad.errors import UserError
 from lplgrad.loop import SEED_INIT, SEED_INITIAL_SET, Learner, RoundObserver, build_models, derive_seed, run_rounds
 from lplgrad.pool import Pool
@@ -34,10 +36,14 @@ class TrialsFailed(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``device`` as a torch device; "auto" is a GPU when there is one. Under torchrun, "cuda" (and
+    "auto" on a GPU machine) means this process's GPU, LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if name == "cuda" and launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
@@ -64,13 +70,16 @@ def run_experiment(
     """Run every trial x strategy of ``config``; rows are returned and, with ``out_dir``, written as they finish."""
     for name in config.active.strategies:
         strategy_class(name)  # unknown names fail before any data is loaded
-    if out_dir is not None:
-        check_out_dir(out_dir)
+    writer = out_dir if is_writer() else None  # under torchrun only rank 0 touches the run folder
+    if writer is not None:
+        check_out_dir(writer)
     device = resolve_device(config.device)
     if config.deterministic and config.train.channels_last and device.type == "cpu":
         raise UserError("train.channels_last is not bit-reproducible on CPUs (oneDNN); drop it or drop --deterministic")
-    with hold_run_folder(out_dir), deterministic_algorithms(config.deterministic):
-        return _run_trials(config, out_dir, dataset, progress, resume, device)
+    if config.train.sync_batchnorm and world()[1] > 1 and device.type != "cuda":
+        raise UserError("train.sync_batchnorm needs GPUs (torch's SyncBatchNorm has no CPU kernels); drop it")
+    with hold_run_folder(writer), deterministic_algorithms(config.deterministic):
+        return _run_trials(config, writer, dataset, progress, resume, device)
 
 
 def _run_trials(
@@ -89,6 +98,7 @@ def _run_trials(
     trials = range(active.trial_offset, active.trial_offset + active.trials)
     pairs = [(name, trial) for trial in trials for name in active.strategies]
     checkpoints = prepare_out_dir(out_dir, config, pairs, resume) if out_dir is not None else {}
+    checkpoints = share(checkpoints)  # under torchrun, rank 0's: the other ranks may not see the folder
     if out_dir is not None:
         _write_dataset_files(out_dir, dataset)
     log.info(

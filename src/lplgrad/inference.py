@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lplgrad.data import Dataset
+from lplgrad.distributed import gather, shard, sum_over_ranks, world
 from lplgrad.models.output import penultimate, split_output
 
 
@@ -62,12 +63,39 @@ def predict(
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
+def predict_all(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: Tensor,
+    batch_size: int = 512,
+    aux_model: nn.Module | None = None,
+    embeddings: bool = False,
+) -> dict[str, Tensor]:
+    """``predict`` on training images, for strategies that need every image's outputs at once
+    (features to cluster or cover): under torchrun each process predicts its shard of ``indices``
+    and every process receives all of them, in ``indices`` order."""
+    if world()[1] == 1 or indices.numel() < world()[1]:
+        return predict(model, dataset, indices, batch_size, aux_model=aux_model, embeddings=embeddings)
+    mine = predict(
+        model, dataset, indices[shard(indices.numel())], batch_size, aux_model=aux_model, embeddings=embeddings
+    )
+    return {key: gather(value) for key, value in sorted(mine.items())}  # the same order on every rank
+
+
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, list[float | None]]:
-    """Test accuracy (fraction) and per-class accuracy (None for a class absent from the test set)."""
+    """Test accuracy (fraction) and per-class accuracy (None for a class absent from the test set).
+    Under torchrun each process counts its shard of the test set and the counts are summed."""
     test = dataset.test
-    logits = predict(model, dataset, torch.arange(len(test)), batch_size, split="test")["logits"]
-    correct = (logits.argmax(1) == test.labels).float()
-    per_class_total = torch.bincount(test.labels, minlength=dataset.num_classes).float()
-    per_class_correct = torch.bincount(test.labels, weights=correct, minlength=dataset.num_classes)
+    mine = torch.arange(len(test))[shard(len(test))]
+    labels = test.labels[mine.to(test.labels.device)]
+    logits = predict(model, dataset, mine, batch_size, split="test")["logits"] if mine.numel() else None
+    correct = (logits.argmax(1) == labels).float() if logits is not None else torch.zeros(0, device=labels.device)
+    counts = torch.stack(
+        [
+            torch.bincount(labels, minlength=dataset.num_classes).float(),
+            torch.bincount(labels, weights=correct, minlength=dataset.num_classes).float(),
+        ]
+    )
+    per_class_total, per_class_correct = sum_over_ranks(counts)
     ratios = (per_class_correct / per_class_total).tolist()  # 0/0 -> nan for absent classes
-    return float(correct.mean()), [None if math.isnan(r) else r for r in ratios]
+    return float(per_class_correct.sum() / per_class_total.sum()), [None if math.isnan(r) else r for r in ratios]

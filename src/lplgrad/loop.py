@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lplgrad.config import RunConfig
 from lplgrad.data import Dataset
+from lplgrad.distributed import world
 from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
@@ -191,6 +192,7 @@ def run_rounds(
             selected_scores=None if query.scores is None else query.scores.tolist(),
             reduction=getattr(strategy, "reduction", None),
             device=str(device),
+            world_size=world()[1],
         )
         for observer in observers:
             observer.round_finished(record, learner)

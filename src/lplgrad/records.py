@@ -27,7 +27,8 @@ class RoundRecord:
     selected_labels: list[int]
     selected_scores: list[float] | None  # None for strategies without scores (random, coreset)
     reduction: str | None  # the gradient-norm reduction of gradient-norm strategies
-    device: str
+    device: str  # this process's device (rank 0's under torchrun)
+    world_size: int = 1  # processes that trained and scored the round together (torchrun)
 
     def to_row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lplgrad.config import TrainConfig
 from lplgrad.data import Dataset, augment_batch, conv_layout
+from lplgrad.distributed import average_buffers, shard, sum_over_ranks, world
 from lplgrad.losses import loss_prediction_loss
 from lplgrad.models.output import split_output
 
@@ -46,9 +48,10 @@ class FitResult:
 
 
 def steps_per_epoch(num_labeled: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch: one per batch, a last batch of one image skipped (see ``fit``)."""
+    """Optimizer steps in one epoch: one per batch, a last batch too small to split into shards of
+    at least two images (one image in a single process) skipped (see ``fit``)."""
     full, rest = divmod(num_labeled, batch_size)
-    return full + (1 if rest >= 2 else 0)
+    return full + (1 if rest >= 2 * world()[1] else 0)
 
 
 def planned_epochs(config: TrainConfig, num_labeled: int) -> int:
@@ -90,6 +93,20 @@ def make_optimizer(
     return optimizer, Schedule(optimizer, config, epochs or config.epochs, per_epoch)
 
 
+def data_parallel(module: nn.Module | None, config: TrainConfig) -> nn.Module | None:
+    """``module`` for this process's share of each batch: itself in one process, and under
+    torchrun wrapped in DistributedDataParallel (gradients averaged over the processes in the
+    backward pass; BatchNorm buffers broadcast from rank 0 on each forward, and averaged over the
+    ranks when ``fit`` ends), with its BatchNorm layers made SyncBatchNorm when
+    ``train.sync_batchnorm`` asks for batch statistics over the whole batch."""
+    if module is None or world()[1] == 1:
+        return module
+    if config.sync_batchnorm:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # swaps the layers in place
+    device = next(module.parameters()).device
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def fit(
     model: nn.Module,
     dataset: Dataset,
@@ -109,8 +126,17 @@ def fit(
     milestones, the cosine schedule and w_aux's detach point follow the epochs actually
     trained). Raises TrainingDiverged on a NaN/inf loss, or weights that are not finite or too
     large after training.
+
+    Under torchrun every process draws the same global batch (same order, same augmentation)
+    and trains on its contiguous shard of it (``data_parallel``). Each shard's mean loss is
+    weighted by its share of the batch times the number of processes, so the averaged gradient
+    is the one process's gradient of the whole batch even when shards differ in size. w_aux's
+    ranking pairs are formed inside each shard (see the README).
     """
     device = next(model.parameters()).device
+    processes = world()[1]
+    train_model, train_aux_model = data_parallel(model, config), data_parallel(aux_model, config)
+    assert train_model is not None
     order_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed)
     labeled = labeled.to(device)
@@ -130,14 +156,16 @@ def fit(
         total, seen = torch.zeros((), device=device), 0
         for start in range(0, order.numel(), config.batch_size):
             batch = order[start : start + config.batch_size]
-            if batch.numel() == 1:
-                # A last batch of one image: BatchNorm cannot take batch statistics of one sample on small
-                # feature maps, and the ranking loss has no pair. Skipped; the next epoch reshuffles.
+            if batch.numel() < 2 * processes:
+                # A last batch of one image (per process): BatchNorm cannot take batch statistics of one
+                # sample on small feature maps, and the ranking loss has no pair. Skipped; the next epoch
+                # reshuffles.
                 continue
-            x = dataset.normalize(augment_batch(images[batch], dataset.augment, augment_generator))
-            x = conv_layout(x, config.channels_last)
-            y = labels[batch]
-            logits, features = split_output(model(x))
+            augmented = augment_batch(images[batch], dataset.augment, augment_generator)  # the same on every rank
+            mine = shard(batch.numel())
+            x = conv_layout(dataset.normalize(augmented[mine]), config.channels_last)
+            y = labels[batch[mine]]
+            logits, features = split_output(train_model(x))
             per_sample = F.cross_entropy(logits, y, reduction="none")  # also w_aux's targets, unsmoothed
             if config.label_smoothing > 0:
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -148,21 +176,28 @@ def fit(
                     raise ValueError("training with w_aux needs a model that returns feature maps")
                 if epoch >= detach_epoch:
                     features = [f.detach() for f in features]
-                predicted = aux_model(features)
+                assert train_aux_model is not None  # present whenever aux_model is
+                predicted = train_aux_model(features)
                 loss = loss + config.ranking_weight * loss_prediction_loss(predicted, per_sample, config.margin)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if processes > 1:  # DDP divides the summed gradients by the number of processes
+                (loss * (y.numel() * processes / batch.numel())).backward()
+            else:
+                loss.backward()
             optimizer.step()
             schedule.after_step()
             steps += 1
-            total += loss.detach() * batch.numel()
-            seen += batch.numel()
+            total += loss.detach() * y.numel()
+            seen += y.numel()
         schedule.after_epoch()
         if on_epoch is not None:
             on_epoch(epoch + 1, epochs)  # e.g. the web page's progress line
-        mean_loss = float(total) / max(1, seen)  # one sync per epoch, also the NaN check
+        sums = sum_over_ranks(torch.stack([total, torch.tensor(float(seen), device=device)]))
+        mean_loss = float(sums[0]) / max(1.0, float(sums[1]))  # one sync per epoch, also the NaN check
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(epoch)
+    for module in modules:
+        average_buffers(module)  # under torchrun: every rank ends the round with the same running statistics
     if not weights_healthy(modules):  # the loss is measured before each step, so the last step is checked here
         raise TrainingDiverged(epochs - 1, f"weights are not finite or exceed {WEIGHT_LIMIT:g} after")
     return FitResult(mean_loss, steps, epochs)

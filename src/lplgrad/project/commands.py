@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from lplgrad import config_files
+from lplgrad.distributed import launch_rank, process_group
 from lplgrad.errors import UserError
 from lplgrad.project import workflow
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX
 from lplgrad.project.predict import predict_files
 from lplgrad.project.query import query
+from lplgrad.project.settings import read_settings
 
 COMMANDS = ("init", "add", "query", "import", "status", "export", "predict", "label")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -94,7 +96,10 @@ def run(args: argparse.Namespace) -> None:
         counts = workflow.add(args.project, args.images)
         print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     elif args.command == "query":
-        result = query(args.project, args.strategy, args.k, args.subset, args.include_pending, args.url_prefix)
+        with process_group(_project_device(args.project)):  # under torchrun: one process per device
+            result = query(args.project, args.strategy, args.k, args.subset, args.include_pending, args.url_prefix)
+        if launch_rank() > 0:
+            return
         measured = (
             f"accuracy {100 * result.accuracy:.1f}% on the {result.accuracy_on} images"
             if result.accuracy is not None
@@ -123,6 +128,15 @@ def run(args: argparse.Namespace) -> None:
         serve(args)
     elif args.command == "predict":
         print(f"{predict_files(args.project, args.images, args.out)} predictions written to {args.out}")
+
+
+def _project_device(project: Path) -> str:
+    """The project's ``device`` setting, or "auto" where there is no readable project (``query``
+    then says what is wrong)."""
+    try:
+        return read_settings(project).device
+    except (UserError, OSError):
+        return "auto"
 
 
 def print_status(status: dict[str, Any], as_json: bool) -> None:

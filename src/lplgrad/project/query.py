@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from lplgrad.atomic_io import save_atomic, write_atomic
 from lplgrad.config import RunConfig
 from lplgrad.data import Augment, Dataset, Split, channel_stats
+from lplgrad.distributed import is_writer
 from lplgrad.errors import UserError
 from lplgrad.experiment import make_strategy, resolve_device
 from lplgrad.folder_lock import folder_lock
@@ -78,7 +80,8 @@ def query(
     if k < 1:
         raise UserError(f"--k must be >= 1, got {k}")
     db.require_project(project)
-    with folder_lock(project, "project"):
+    # Under torchrun every process reads the project, trains and scores; only rank 0 locks and writes.
+    with folder_lock(project, "project") if is_writer() else nullcontext():
         conn = db.connect(project)
         config = read_settings(project)
         name = strategy_name or config.active.strategies[0]
@@ -100,6 +103,12 @@ def query(
             done = _train_and_select(project, conn, config, strategy, name, round_index, labeled, candidates, k, report)
         else:
             done = _Trained(_cold_start(candidates, k), "random (cold start)")
+        if not is_writer():
+            conn.close()
+            folder = batch_folder(project, round_index)
+            return QueryResult(
+                round_index, folder, len(done.items), len(labeled), done.accuracy, done.accuracy_on, False
+            )
         folder = _write_batch(project, round_index, done.items, db.classes(conn), url_prefix)
         with db.transaction(conn):
             record = {
@@ -175,7 +184,8 @@ def _train_and_select(
     train_seconds = time.perf_counter() - start
     accuracy = evaluate(model, dataset)[0] if test_note else None
     model_file = f"models/round-{round_index}.pt"
-    save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
+    if is_writer():
+        save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
     report(f"scoring {len(candidates)} candidates ({name})")
     start = time.perf_counter()
     candidate_ids = torch.arange(len(labeled), len(labeled) + len(candidates))
@@ -288,8 +298,12 @@ def _model_state(model: torch.nn.Module, aux: torch.nn.Module, config: RunConfig
     }
 
 
+def batch_folder(project: Path, round_index: int) -> Path:
+    return project / "batches" / f"round-{round_index}"
+
+
 def _write_batch(project: Path, round_index: int, items: list[BatchItem], classes: list[str], url_prefix: str) -> Path:
-    folder = project / "batches" / f"round-{round_index}"
+    folder = batch_folder(project, round_index)
     write_atomic(folder / "batch.csv", batch_csv(items))
     write_atomic(folder / "label-studio.json", label_studio_tasks(items, f"lplgrad-round-{round_index}", url_prefix))
     write_atomic(folder / "label-studio-config.xml", label_studio_config(classes))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lplgrad.inference import predict
+from lplgrad.inference import predict_all
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
 
@@ -70,7 +70,7 @@ class Badge(Strategy):
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())
         candidates = ctx.candidates.cpu().sort().values  # a fixed order, so the seeded draw repeats
-        out = predict(ctx.model, ctx.dataset, candidates, ctx.batch_size, embeddings=True)
+        out = predict_all(ctx.model, ctx.dataset, candidates, ctx.batch_size, embeddings=True)
         a, h = gradient_factors(out["logits"], out["embeddings"])
         positions, scores = kmeans_pp(a.cpu(), h.cpu(), k, ctx.generator)
         return Selection(candidates[positions], scores)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lplgrad.inference import predict
+from lplgrad.inference import predict_all
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
 
@@ -46,7 +46,7 @@ class CoreSet(Strategy):
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())
         candidates = ctx.candidates.cpu().sort().values
-        candidate_emb = predict(ctx.model, ctx.dataset, candidates, ctx.batch_size, embeddings=True)["embeddings"]
-        labeled_emb = predict(ctx.model, ctx.dataset, ctx.labeled, ctx.batch_size, embeddings=True)["embeddings"]
+        candidate_emb = predict_all(ctx.model, ctx.dataset, candidates, ctx.batch_size, embeddings=True)["embeddings"]
+        labeled_emb = predict_all(ctx.model, ctx.dataset, ctx.labeled, ctx.batch_size, embeddings=True)["embeddings"]
         positions, scores = k_center_greedy(candidate_emb, labeled_emb, k)
         return Selection(candidates[positions], scores)

@@ -8,9 +8,9 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from lplgrad.inference import predict
+from lplgrad.inference import predict_all
 from lplgrad.scoring.gradnorm import Reduction, ScoreLoss, per_sample_grad_norms
-from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k, top_k
+from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.coreset import k_center_greedy
 from lplgrad.strategies.registry import register_strategy
 
@@ -79,8 +79,8 @@ class LPLgradDiverse(_GradNormStrategy):
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())
-        shortlist = top_k(ctx.candidates, self.score(ctx), min(ctx.candidates.numel(), self.pool_factor * k))
-        embed = partial(predict, ctx.model, ctx.dataset, batch_size=ctx.batch_size, embeddings=True)
+        shortlist = super().select(ctx, min(ctx.candidates.numel(), self.pool_factor * k))  # sharded scoring
+        embed = partial(predict_all, ctx.model, ctx.dataset, batch_size=ctx.batch_size, embeddings=True)
         positions, _ = k_center_greedy(embed(shortlist.indices)["embeddings"], embed(ctx.labeled)["embeddings"], k)
         assert shortlist.scores is not None
         return Selection(shortlist.indices[positions], shortlist.scores[positions])

@@ -25,7 +25,7 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 
 from lplgrad.embeddings import load_embeddings
-from lplgrad.inference import predict
+from lplgrad.inference import predict_all
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
 
@@ -36,7 +36,7 @@ CHUNK = 2048  # rows of a distance matrix held at once
 
 def normalized_embeddings(ctx: QueryContext, indices: Tensor) -> Tensor:
     """L2-normalised penultimate features [N, D] (float64) of training images at ``indices``."""
-    features = predict(ctx.model, ctx.dataset, indices, ctx.batch_size, embeddings=True)["embeddings"].cpu()
+    features = predict_all(ctx.model, ctx.dataset, indices, ctx.batch_size, embeddings=True)["embeddings"].cpu()
     return torch.nn.functional.normalize(features.double(), dim=1)
 
 
