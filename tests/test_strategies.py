@@ -159,6 +159,51 @@ def test_bald_is_zero_for_a_deterministic_model_and_positive_with_dropout() -> N
     assert (mutual_information(features, head, 0.5, 10, torch.Generator().manual_seed(0)) > 0).all()
 
 
+def disagreeing_passes(seed: int = 0, count: int = 6, passes: int = 8) -> torch.Tensor:
+    """p_t(y | x) [T, N, 3]: random, confident, different predictions per pass."""
+    logits = 3 * torch.randn(passes, count, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.softmax(logits, dim=2)
+
+
+def test_batchbald_of_one_image_is_bald_and_zero_without_disagreement() -> None:
+    from lplgrad.strategies.batchbald import batchbald_picks
+
+    probabilities = disagreeing_passes()
+    mean = probabilities.mean(0)
+    bald = -(mean * mean.log()).sum(1) + (probabilities * probabilities.log()).sum(2).mean(0)
+    positions, gains = batchbald_picks(probabilities, 1, 1000, torch.Generator())
+    assert positions.tolist() == [int(bald.argmax())] and gains[0] == pytest.approx(float(bald.max()))
+    same = probabilities[:1].expand(8, -1, -1)  # every pass agrees: a deterministic model
+    assert torch.allclose(batchbald_picks(same, 3, 1000, torch.Generator())[1], torch.zeros(3, dtype=torch.float64))
+
+
+def test_batchbald_takes_one_copy_of_a_duplicate_where_bald_takes_both() -> None:
+    from lplgrad.strategies.batchbald import batchbald_picks
+
+    probabilities = disagreeing_passes()
+    mean = probabilities.mean(0)
+    bald = -(mean * mean.log()).sum(1) + (probabilities * probabilities.log()).sum(2).mean(0)
+    top = int(bald.argmax())
+    with_copy = torch.cat([probabilities, probabilities[:, top : top + 1]], 1)  # image 6 repeats image `top`
+    positions, gains = batchbald_picks(with_copy, 2, 1000, torch.Generator())
+    assert positions[0] in (top, 6) and positions[1] not in (top, 6)  # BALD's two best are the two copies
+    assert gains[1] > 0
+
+
+def test_batchbald_sampled_joint_entropy_matches_the_enumerated_one() -> None:
+    from lplgrad.strategies.batchbald import _sample_configurations, joint_entropies
+
+    probabilities = disagreeing_passes(seed=3, count=5, passes=6)
+    picked = [0, 1, 2]
+    exact = torch.ones(1, 6, dtype=torch.float64)
+    for index in picked:
+        exact = (exact[:, None, :] * probabilities[:, index, :].T[None]).reshape(-1, 6)
+    want = joint_entropies(exact, torch.ones(len(exact), dtype=torch.float64), probabilities)
+    sampled = _sample_configurations(probabilities, picked, 20000, torch.Generator().manual_seed(0))
+    weights = 1.0 / (len(sampled) * sampled.mean(1))
+    assert torch.allclose(joint_entropies(sampled, weights, probabilities), want, rtol=0.02)
+
+
 def mixture(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Three Gaussian blobs on the unit circle (100, 60 and 30 points) and their centres."""
     generator = torch.Generator().manual_seed(seed)

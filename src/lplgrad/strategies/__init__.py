@@ -3,6 +3,7 @@
 from lplgrad.strategies import (
     badge,
     bald,
+    batchbald,
     coreset,
     gradnorm_sampling,
     learning_loss,
@@ -19,6 +20,7 @@ __all__ = [
     "Strategy",
     "badge",
     "bald",
+    "batchbald",
     "coreset",
     "create_strategy",
     "gradnorm_sampling",
