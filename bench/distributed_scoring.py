@@ -89,12 +89,17 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    gpus = torch.cuda.device_count()
+    device = f"{gpus} GPU(s)" if gpus else f"cpu ({os.cpu_count()} cores)"
     print(f"{args.strategy}: {args.candidates} candidates, 32x32, width {args.width}, on {device}")
     one = launch(1, args)
-    many = launch(args.processes, args)
-    print(f"1 process:   {args.candidates / one:8.0f} images/s")
-    print(f"{args.processes} processes: {args.candidates / many:8.0f} images/s  ({one / many:.2f}x)")
+    print(f"1 process:   {args.candidates / one:8.0f} images/s", flush=True)
+    processes = min(args.processes, gpus) if gpus else args.processes  # one GPU per process
+    if processes < 2:
+        print("one GPU: only the single-process figure is measurable here")
+        return
+    many = launch(processes, args)
+    print(f"{processes} processes: {args.candidates / many:8.0f} images/s  ({one / many:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_run_end_to_end_on_digits(tmp_path, capsys) -> None:
     ("args", "message"),
     [
         (["--dataset", "mnist"], "unknown dataset 'mnist'; choose one of: caltech101, cifar10"),
-        (["--strategy", "lplgrad,badger"], "unknown strategy 'badger'; choose one of: badge, bald, coreset"),
+        (["--strategy", "lplgrad,badger"], "unknown strategy 'badger'; choose one of: badge, bald, batchbald, coreset"),
         (["--set", "train.nope=1"], "unknown config key 'train.nope'"),
         (["--set", "train.epochs=two"], "train.epochs expects int"),
         (["--budget", "5000"], "budget (5000) is larger than the training pool (1437 images)"),

@@ -137,3 +137,32 @@ def test_a_failing_process_stops_every_process_with_its_message(tmp_path: Path) 
     # Rank 0 was waiting in a collective: it says why it stopped in one line, unless torchrun's SIGTERM came first.
     assert "[rank0]: Traceback" not in done.stderr
     assert [r["round"] for r in rows_of(tmp_path / "run")] == [0]  # what finished is kept
+
+
+@needs_torchrun
+def test_a_labeling_query_under_torchrun_writes_one_batch_like_one_process(tmp_path: Path) -> None:
+    from lplgrad.cli import main
+    from lplgrad.project import db
+    from tests.test_project import TINY, make_images
+
+    truth = make_images(tmp_path / "pool", 30)
+    labels = "path,label\n" + "".join(f"{path},{label}\n" for path, label in list(truth.items())[:12])
+    (tmp_path / "labels.csv").write_text(labels)
+    projects = {}
+    for name in ("one", "two"):
+        projects[name] = tmp_path / name
+        init = ["init", str(projects[name]), "--images", str(tmp_path / "pool"), "--classes", "red,green,blue"]
+        assert main([*init, "--labels", str(tmp_path / "labels.csv"), *TINY]) == 0
+    assert main(["query", str(projects["one"]), "--k", "5", "--strategy", "random"]) == 0
+    done = torchrun("-m", "lplgrad", "query", str(projects["two"]), "--k", "5", "--strategy", "random")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("round 1: 5 images to label") == 1  # rank 0 alone prints and writes
+
+    def batch(project: Path) -> list[str]:  # the images asked for (suggestions and confidences come from the model)
+        return [line.split(",")[1] for line in (project / "batches" / "round-1" / "batch.csv").read_text().splitlines()]
+
+    assert batch(projects["two"]) == batch(projects["one"])  # random picks do not depend on the model
+    for project in projects.values():
+        conn = db.connect(project)
+        assert len(db.rounds(conn)) == 1
+        conn.close()

@@ -144,11 +144,13 @@ def test_image_folder_training_files_name_their_rows(tmp_path) -> None:
     root = tmp_path / "split"
     write_images(root / "train", {"cat": 3, "dog": 2})
     write_images(root / "test", {"cat": 1, "dog": 1}, seed=1)
-    (root / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    (root / "train" / "cat" / "0a-broken.png").write_bytes(b"not an image")
     flat = tmp_path / "flat"
     write_images(flat, {"cat": 6, "dog": 6}, seed=2)
-    for folder in (root, flat):
-        for attempt in range(2):  # decoded, then from the cache
+    (flat / "dog" / "0a-broken.png").write_bytes(b"not an image")
+    (tmp_path / "alias").symlink_to(flat)  # the same folder spelled another way hits the same cache
+    for folder in (root, flat, tmp_path / "alias"):
+        for attempt in range(2):  # decoded (or cached under the other spelling), then from the cache
             dataset = load_dataset(DataConfig(name=f"imagefolder:{folder}", cache_dir=str(tmp_path / "cache")))
             assert len(dataset.train_files) == len(dataset.train), attempt
             for row, file in enumerate(dataset.train_files):

@@ -204,6 +204,27 @@ def test_batchbald_sampled_joint_entropy_matches_the_enumerated_one() -> None:
     assert torch.allclose(joint_entropies(sampled, weights, probabilities), want, rtol=0.02)
 
 
+def test_batchbald_past_the_enumeration_limit_still_picks_an_informative_batch() -> None:
+    from lplgrad.strategies.batchbald import batchbald_picks
+
+    def joint_information(probabilities: torch.Tensor, picked: list[int]) -> float:
+        """Eq. 8 by enumerating all 3^n label configurations."""
+        chosen = torch.ones(1, probabilities.shape[0], dtype=torch.float64)
+        for index in picked:
+            chosen = (chosen[:, None, :] * probabilities[:, index, :].T[None]).reshape(-1, probabilities.shape[0])
+        joint = chosen.mean(1)
+        conditional = -(probabilities * probabilities.log()).sum(2).mean(0)[picked].sum()
+        return float(-(joint * joint.log()).sum() - conditional)
+
+    for seed in range(3):
+        probabilities = disagreeing_passes(seed, count=10, passes=8)
+        exact, _ = batchbald_picks(probabilities, 8, 10**6, torch.Generator())
+        sampled, _ = batchbald_picks(probabilities, 8, 2000, torch.Generator().manual_seed(0))  # samples from pick 8
+        assert sampled[:7].tolist() == exact[:7].tolist()
+        best = joint_information(probabilities, exact.tolist())
+        assert joint_information(probabilities, sampled.tolist()) > best - 0.02
+
+
 def mixture(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Three Gaussian blobs on the unit circle (100, 60 and 30 points) and their centres."""
     generator = torch.Generator().manual_seed(seed)

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lplgrad.errors import UserError
+
 # How long a process waits in a collective for the others. Generous (a checkpoint write on rank 0
 # or a slow first CUDA call), but finite: a process that died without torchrun noticing ends the run.
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
@@ -50,6 +52,7 @@ def process_group(device: str) -> Iterator[None]:
         return
     cuda = uses_cuda(device)
     if cuda:
+        _check_gpus(device)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
     yield
@@ -96,6 +99,29 @@ def peer_failure(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and ("gloo" in text or "closed by peer" in text or "reset by peer" in text)
+
+
+def _check_gpus(device: str) -> None:
+    """One GPU per process: "cuda" (or "auto"), never one named GPU for all, and enough of them."""
+    if not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if device.startswith("cuda:"):
+        raise UserError(f"under torchrun use --device cuda (each process takes GPU LOCAL_RANK), not {device}")
+    local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise UserError(f"process {local_rank} of this machine has no GPU: {gpus} GPU(s); lower --nproc_per_node")
+
+
+@contextmanager
+def local_rank_first() -> Iterator[None]:
+    """Run the body on the first process of each machine before the others (e.g. loading data, which
+    may download, decode and write a cache), so they read what it wrote instead of racing it."""
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if world()[1] > 1 and not first:
+        dist.barrier()
+    yield
+    if world()[1] > 1 and first:
+        dist.barrier()
 
 
 def sum_over_ranks(value: Tensor) -> Tensor:

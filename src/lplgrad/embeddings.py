@@ -86,6 +86,8 @@ def _load(path: str, index_file: str | None, rows: int, train_files: tuple[str, 
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise UserError(f"embeddings {path} are {array.dtype} {array.shape}; expected numbers [N, D]")
     if index_file is not None:
+        if train_files and len(train_files) != rows:
+            raise UserError(f"this dataset names {len(train_files)} training files for {rows} images; cannot index")
         array = array[_rows_of_pool(train_files, index_file, array.shape[0])]
     elif array.shape[0] != rows:
         raise UserError(

@@ -17,7 +17,7 @@ import torch
 from lplgrad.atomic_io import write_atomic
 from lplgrad.config import ActiveConfig, RunConfig
 from lplgrad.data import Dataset, load_dataset
-from lplgrad.distributed import is_writer, launched, share, world
+from lplgrad.distributed import is_writer, launched, local_rank_first, share, world
 from lplgrad.errors import UserError
 from lplgrad.loop import SEED_INIT, SEED_INITIAL_SET, Learner, RoundObserver, build_models, derive_seed, run_rounds
 from lplgrad.pool import Pool
@@ -90,7 +90,8 @@ def _run_trials(
     resume: bool,
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    dataset = (dataset or load_dataset(config.data)).to(device)
+    with local_rank_first():  # under torchrun one process per machine downloads / decodes, then the others read
+        dataset = (dataset or load_dataset(config.data)).to(device)
     pool_size = len(dataset.train)
     active = config.active
     sizes = labeled_schedule(active.initial_size, active.query_size, active.rounds, active.budget)

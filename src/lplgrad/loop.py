@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lplgrad.config import RunConfig
 from lplgrad.data import Dataset
-from lplgrad.distributed import world
+from lplgrad.distributed import share, world
 from lplgrad.inference import evaluate
 from lplgrad.models import LossPredictionModule, ResNet18
 from lplgrad.pool import Pool
@@ -128,7 +128,9 @@ def query_round(
         aux_model=learner.aux_model if strategy.uses_aux_model else None,
         batch_size=config.active.score_batch_size,
     )
-    selection = strategy.select(ctx, k)
+    # Every process computed the same picks; rank 0's are sent to all the same, so the labeled sets
+    # can never drift apart (e.g. a library's float results differing between machines).
+    selection = share(strategy.select(ctx, k))
     _sync(device)
     return Query(selection.indices, selection.scores, candidates.numel(), time.perf_counter() - start)
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lplgrad.config import TrainConfig
 from lplgrad.data import Dataset, augment_batch, conv_layout
 from lplgrad.distributed import average_buffers, shard, sum_over_ranks, world
+from lplgrad.errors import UserError
 from lplgrad.losses import loss_prediction_loss
 from lplgrad.models.output import split_output
 
@@ -101,9 +102,11 @@ def data_parallel(module: nn.Module | None, config: TrainConfig) -> nn.Module | 
     ``train.sync_batchnorm`` asks for batch statistics over the whole batch."""
     if module is None or world()[1] == 1:
         return module
-    if config.sync_batchnorm:
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # swaps the layers in place
     device = next(module.parameters()).device
+    if config.sync_batchnorm:
+        if device.type != "cuda":
+            raise UserError("train.sync_batchnorm needs GPUs (torch's SyncBatchNorm has no CPU kernels); drop it")
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # swaps the layers in place
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,11 +189,9 @@ def decode_folder(
     cache_dir = cache_dir or default_cache_dir()
     # Keyed by the requested size, so a cache hit needs no image header reads at all.
     cache_file = cache_dir / f"folder-{_cache_key(paths, root, image_size or 0)}.pt"  # 0: native, as in 0.1
-    if cache_file.exists():
-        cached = torch.load(cache_file, weights_only=True)
-        log.info("loaded %d decoded images of %s from cache %s", len(cached["labels"]), root, cache_file)
-        skipped = list(cached["skipped"])
-        return FolderImages(cached["images"], cached["labels"], classes, skipped, _kept_files(paths, root, skipped))
+    cached = _read_cache(cache_file, paths, root)
+    if cached is not None:
+        return FolderImages(cached["images"], cached["labels"], classes, list(cached["skipped"]), cached["files"])
 
     size = choose_size(paths, image_size, workers)
     log.info("decoding %d images under %s (once; cached afterwards)", len(paths), root)
@@ -209,18 +208,30 @@ def decode_folder(
     if len(shapes) > 1:
         raise UserError(f"images under {root} differ in size {sorted(shapes)[:3]}; set data.image_size")
     images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
+    files = [paths[i].relative_to(root).as_posix() for i in keep]  # one per image row
     label_tensor = torch.tensor([labels[i] for i in keep], dtype=torch.long)
     empty = [classes[c] for c in range(len(classes)) if not (label_tensor == c).any()]
     if empty:
         log.warning("class folder(s) with no readable image: %s", ", ".join(empty))
     try:  # a unique temporary name and a rename: two runs decoding this folder at once never collide
-        save_atomic(cache_file, {"images": images, "labels": label_tensor, "skipped": skipped})
+        save_atomic(cache_file, {"images": images, "labels": label_tensor, "skipped": skipped, "files": files})
     except StorageError as error:
         log.warning("the decoded images are not cached (%s); the next run decodes them again", error.strerror)
-    return FolderImages(images, label_tensor, classes, skipped, _kept_files(paths, root, skipped))
+    return FolderImages(images, label_tensor, classes, skipped, files)
 
 
-def _kept_files(paths: list[Path], root: Path, skipped: list[str]) -> list[str]:
-    """Paths relative to ``root`` of the files that decoded, in the order of the image rows."""
-    dropped = set(skipped)
-    return [path.relative_to(root).as_posix() for path in paths if str(path) not in dropped]
+def _read_cache(cache_file: Path, paths: list[Path], root: Path) -> dict[str, Any] | None:
+    """The cached decode of ``paths``, with ``files`` (one relative path per image row), or None to
+    decode again: no cache, or a cache written before ``files`` was kept that skipped some images
+    (its skipped paths are spelled with the root of that run, so they cannot be matched safely)."""
+    if not cache_file.exists():
+        return None
+    cached = torch.load(cache_file, weights_only=True)
+    if "files" not in cached:
+        if cached["skipped"]:
+            return None
+        cached["files"] = [path.relative_to(root).as_posix() for path in paths]
+    if len(cached["files"]) != len(cached["labels"]):
+        return None
+    log.info("loaded %d decoded images of %s from cache %s", len(cached["labels"]), root, cache_file)
+    return dict(cached)

@@ -22,7 +22,7 @@ import torch
 from lplgrad.atomic_io import save_atomic, write_atomic
 from lplgrad.config import RunConfig
 from lplgrad.data import Augment, Dataset, Split, channel_stats
-from lplgrad.distributed import is_writer
+from lplgrad.distributed import is_writer, share
 from lplgrad.errors import UserError
 from lplgrad.experiment import make_strategy, resolve_device
 from lplgrad.folder_lock import folder_lock
@@ -76,59 +76,90 @@ def query(
 ) -> QueryResult:
     """Train, measure and write DIR/batches/round-N/ (batch.csv, label-studio.json and its config);
     the round is recorded in the database last, in one transaction, so a kill before that leaves
-    the project as it was and the command can simply be run again."""
+    the project as it was and the command can simply be run again.
+
+    Under torchrun only rank 0 opens the database: it reads the round's inputs under the project
+    lock and sends them to the other processes, which help train and score and write nothing."""
     if k < 1:
         raise UserError(f"--k must be >= 1, got {k}")
-    db.require_project(project)
-    # Under torchrun every process reads the project, trains and scores; only rank 0 locks and writes.
-    with folder_lock(project, "project") if is_writer() else nullcontext():
-        conn = db.connect(project)
-        config = read_settings(project)
-        name = strategy_name or config.active.strategies[0]
-        strategy = make_strategy(name, config.active)
-        round_index = len(db.rounds(conn)) + 1
-        started = datetime.now(UTC).isoformat()
-        pool = db.images(conn, "WHERE images.role = 'pool'")
-        labeled = [row for row in pool if row.label is not None]
-        candidates = _candidates(
-            conn,
-            pool,
-            k,
-            subset or config.active.candidate_subset,
-            include_pending,
-            derive_seed(config.seed, round_index, SEED_SUBSET),
-        )
-        if labeled:
-            report = on_progress or (lambda message: None)
-            done = _train_and_select(project, conn, config, strategy, name, round_index, labeled, candidates, k, report)
-        else:
-            done = _Trained(_cold_start(candidates, k), "random (cold start)")
-        if not is_writer():
-            conn.close()
-            folder = batch_folder(project, round_index)
-            return QueryResult(
-                round_index, folder, len(done.items), len(labeled), done.accuracy, done.accuracy_on, False
-            )
-        folder = _write_batch(project, round_index, done.items, db.classes(conn), url_prefix)
-        with db.transaction(conn):
-            record = {
-                "round": round_index,
-                "strategy": done.strategy,
-                "model_file": done.model_file,
-                "labeled": len(labeled),
-                "queried": len(done.items),
-                "accuracy": done.accuracy,
-                "accuracy_on": done.accuracy_on,
-                "train_seconds": round(done.train_seconds, 3),
-                "query_seconds": round(done.query_seconds, 3),
-                "started": started,
-                "finished": datetime.now(UTC).isoformat(),
-            }
-            db.add_round(
-                conn, record, [(i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in done.items]
-            )
-        conn.close()
-    return QueryResult(round_index, folder, len(done.items), len(labeled), done.accuracy, done.accuracy_on, not labeled)
+    writer = is_writer()
+    if writer:
+        db.require_project(project)
+    with folder_lock(project, "project") if writer else nullcontext():
+        conn = db.connect(project) if writer else None
+        try:
+            inputs: _Inputs = share(_read_inputs(conn, project, k, subset, include_pending) if conn else None)
+            name = strategy_name or inputs.config.active.strategies[0]
+            strategy = make_strategy(name, inputs.config.active)
+            started = datetime.now(UTC).isoformat()
+            if inputs.labeled:
+                report = on_progress or (lambda message: None)
+                done = _train_and_select(project, inputs, strategy, name, k, report)
+            else:
+                done = _Trained(_cold_start(inputs.candidates, k), "random (cold start)")
+            round_index, labeled = inputs.round_index, len(inputs.labeled)
+            summary = (len(done.items), labeled, done.accuracy, done.accuracy_on, not inputs.labeled)
+            if conn is None:
+                return QueryResult(round_index, batch_folder(project, round_index), *summary)
+            folder = _write_batch(project, round_index, done.items, inputs.classes, url_prefix)
+            with db.transaction(conn):
+                record = {
+                    "round": round_index,
+                    "strategy": done.strategy,
+                    "model_file": done.model_file,
+                    "labeled": labeled,
+                    "queried": len(done.items),
+                    "accuracy": done.accuracy,
+                    "accuracy_on": done.accuracy_on,
+                    "train_seconds": round(done.train_seconds, 3),
+                    "query_seconds": round(done.query_seconds, 3),
+                    "started": started,
+                    "finished": datetime.now(UTC).isoformat(),
+                }
+                items: list[tuple[object, ...]] = [
+                    (i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in done.items
+                ]
+                db.add_round(conn, record, items)
+        finally:
+            if conn is not None:
+                conn.close()
+    return QueryResult(round_index, folder, *summary)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a round reads from the project."""
+
+    config: RunConfig
+    round_index: int
+    labeled: list[db.ImageRow]
+    candidates: list[db.ImageRow]
+    test_rows: list[db.ImageRow]  # labeled test images
+    classes: list[str]
+    image_size: int
+
+
+def _read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> _Inputs:
+    config = read_settings(project)
+    round_index = len(db.rounds(conn)) + 1
+    pool = db.images(conn, "WHERE images.role = 'pool'")
+    candidates = _candidates(
+        conn,
+        pool,
+        k,
+        subset or config.active.candidate_subset,
+        include_pending,
+        derive_seed(config.seed, round_index, SEED_SUBSET),
+    )
+    return _Inputs(
+        config,
+        round_index,
+        [row for row in pool if row.label is not None],
+        candidates,
+        db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL"),
+        db.classes(conn),
+        int(db.setting(conn, "image_size") or 64),
+    )
 
 
 def _candidates(
@@ -147,21 +178,11 @@ def _candidates(
 
 
 def _train_and_select(
-    project: Path,
-    conn: Any,
-    config: RunConfig,
-    strategy: Strategy,
-    name: str,
-    round_index: int,
-    labeled: list[db.ImageRow],
-    candidates: list[db.ImageRow],
-    k: int,
-    report: Callable[[str], None],
+    project: Path, inputs: _Inputs, strategy: Strategy, name: str, k: int, report: Callable[[str], None]
 ) -> _Trained:
     """Fit on the labeled images, measure, save the model, and let the strategy pick k candidates."""
-    seed, classes = config.seed, db.classes(conn)
-    size = int(db.setting(conn, "image_size") or 64)
-    test_rows = db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
+    config, round_index, labeled, candidates = inputs.config, inputs.round_index, inputs.labeled, inputs.candidates
+    seed, classes, size, test_rows = config.seed, inputs.classes, inputs.image_size, inputs.test_rows
     dataset, train_ids, test_note = _dataset(labeled, candidates, test_rows, classes, size, seed, round_index)
     device = resolve_device(config.device)
     model, aux_model = build_models(config, dataset, derive_seed(seed, round_index, SEED_INIT), device)

@@ -256,6 +256,7 @@ def fast_rule(module: nn.Module) -> Rule | None:
         return linear_norms
     if type(module) is nn.Conv2d and conv2d_supported(module):
         return conv2d_norms
-    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d) and batchnorm_supported(module):
+    # _BatchNorm also covers SyncBatchNorm (train.sync_batchnorm), which is plain BatchNorm in eval mode
+    if isinstance(module, _BatchNorm) and batchnorm_supported(module):
         return batchnorm_norms
     return None

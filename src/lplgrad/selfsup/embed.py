@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lplgrad.config import RunConfig
 from lplgrad.data import load_dataset
+from lplgrad.distributed import launched
 from lplgrad.embeddings import index_path, write_embeddings
 from lplgrad.errors import UserError
 from lplgrad.experiment import resolve_device
@@ -29,6 +30,9 @@ class EmbedSummary:
 def embed_pool(config: RunConfig, simclr: SimCLRConfig, out: Path) -> EmbedSummary:
     """Train SimCLR on the pool of ``config``'s dataset (the backbone's width and stem follow
     ``model``) and write the features of every training image to ``out`` (.npy)."""
+    if launched():
+        raise UserError("embed runs in one process; start it without torchrun")
+    out = out.expanduser()
     if out.suffix != ".npy":
         raise UserError(f"--out must name a .npy file, got {out}")
     if not out.parent.is_dir():

@@ -52,6 +52,8 @@ class SimCLRConfig:
             raise UserError(f"embed needs epochs >= 1 and batch size >= 2, got {self.epochs} and {self.batch_size}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise UserError(f"the temperature must be a positive number, got {self.temperature}")
+        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
+            raise UserError(f"the base learning rate must be a positive number, got {self.base_lr}")
 
 
 class SimCLRModel(nn.Module):

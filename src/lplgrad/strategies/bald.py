@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lplgrad.inference import predict
+from lplgrad.inference import predict_all
 from lplgrad.scoring.uncertainty import entropy
-from lplgrad.strategies.base import QueryContext, Strategy
+from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k, top_k
 from lplgrad.strategies.registry import register_strategy
 
 
@@ -46,9 +46,15 @@ class Bald(Strategy):
     dropout: float = 0.5
     passes: int = 20
 
+    def select(self, ctx: QueryContext, k: int) -> Selection:
+        """Under torchrun the features are computed in shards and gathered, and the dropout masks are
+        drawn for all candidates at once, so the scores do not depend on the number of processes."""
+        check_k(k, ctx.candidates.numel())
+        return top_k(ctx.candidates, self.score(ctx), k)
+
     def score(self, ctx: QueryContext) -> Tensor:
         head = getattr(ctx.model, "fc", None)
         if not isinstance(head, nn.Module):
             raise ValueError("bald needs a model whose classifier is its `fc` layer (lplgrad's ResNet18)")
-        features = predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, embeddings=True)["embeddings"]
+        features = predict_all(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, embeddings=True)["embeddings"]
         return mutual_information(features, head, self.dropout, self.passes, ctx.generator)
