@@ -130,3 +130,11 @@ def test_saved_artifacts_make_tsne_and_confidence_figures(tmp_path: Path) -> Non
     report = write_report([tmp_path]).read_text()
     assert "tsne.png" in report and "confidence.png" in report
     assert (tmp_path / "tsne.png").stat().st_size > 5000 and (tmp_path / "confidence.png").stat().st_size > 5000
+
+
+def test_every_registered_strategy_has_its_own_color() -> None:
+    from lplgrad.plots import method_color
+    from lplgrad.strategies import list_strategies
+
+    colors = [method_color(name) for name in list_strategies()]
+    assert len(set(colors)) == len(colors)

@@ -27,12 +27,17 @@ METHOD_COLORS = {  # the tab10 slots these methods had before colors were fixed,
     "lplgrad": 6,
     "margin": 7,
     "random": 8,
+    "badge": 9,
 }
+# Later strategies take tab20's light shades (slot 2k + 1 lightens tab10's k), apart from the above.
+LIGHT_COLORS = {"bald": 3, "typiclust": 7, "probcover": 9, "batchbald": 11, "lplgrad-diverse": 13}
 
 
 def method_color(name: str) -> tuple[float, ...]:
-    """The same color for a method in every figure and every report: a fixed tab10 slot per known
-    name, and for other names a slot derived from the name's characters (stable across runs)."""
+    """The same color for a method in every figure and every report: a fixed tab10 or light tab20
+    slot per known name, and for other names a tab10 slot derived from the name's characters."""
+    if name in LIGHT_COLORS:
+        return tuple(plt.get_cmap("tab20")(LIGHT_COLORS[name]))
     index = METHOD_COLORS.get(name, sum(map(ord, name)))
     return tuple(plt.get_cmap("tab10")(index % 10))
 
