@@ -232,6 +232,16 @@ def test_query_refuses_more_than_the_unlabeled_images(labeled_project) -> None:
         query(project, "random", k=10)
 
 
+def test_query_refuses_an_experiments_embeddings_file(tmp_path, capsys) -> None:
+    make_images(tmp_path / "pool", 6)
+    project = tmp_path / "project"
+    init = ["init", str(project), "--images", str(tmp_path / "pool"), "--classes", "red,green,blue"]
+    assert run(*init, "--set", f"active.embeddings={tmp_path / 'features.npy'}") == 0
+    assert run("query", str(project), "--k", "2") == 2
+    assert "active.embeddings is for `lplgrad run`" in capsys.readouterr().err
+    assert not (project / "batches").exists()
+
+
 def test_init_refuses_an_existing_project_and_unknown_class_folders(tmp_path, labeled_project) -> None:
     project, _ = labeled_project
     with pytest.raises(UserError, match="already holds a project"):

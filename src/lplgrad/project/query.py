@@ -141,6 +141,11 @@ class _Inputs:
 
 def _read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> _Inputs:
     config = read_settings(project)
+    if config.active.embeddings:  # its rows follow an experiment's pool, not a project's round
+        raise UserError(
+            "active.embeddings is for `lplgrad run`; in a labeling project typiclust and probcover use the "
+            "model's features: remove it from the project's config.toml"
+        )
     round_index = len(db.rounds(conn)) + 1
     pool = db.images(conn, "WHERE images.role = 'pool'")
     candidates = _candidates(
