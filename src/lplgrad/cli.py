@@ -126,7 +126,9 @@ def _embed_parser(sub: Any) -> None:
     embed.add_argument("--data-root", help="folder of torchvision datasets (default ./data)")
     embed.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
     defaults = SimCLRConfig()
-    embed.add_argument("--epochs", dest="embed_epochs", type=int, default=defaults.epochs, help="SimCLR epochs")
+    embed.add_argument(
+        "--epochs", dest="embed_epochs", metavar="EPOCHS", type=int, default=defaults.epochs, help="SimCLR epochs"
+    )
     embed.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per SimCLR batch")
     embed.add_argument("--temperature", type=float, default=defaults.temperature, help="NT-Xent temperature")
     embed.add_argument("--base-lr", type=float, default=defaults.base_lr, help="SGD lr per 256 images (cosine decay)")
