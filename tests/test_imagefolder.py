@@ -119,3 +119,13 @@ def test_bad_and_unusual_files(tmp_path: Path) -> None:
     blue = images["huge.jpg"].float().mean(dim=(1, 2))
     assert blue[2] > 200 and blue[0] < 60
     assert dataset.classes == ["a", "b", "c", "d"]  # d is reported empty (a warning), kept for class ids
+
+
+def test_the_cache_follows_the_class_list(tmp_path) -> None:
+    # A test folder takes the training folder's class list; a new list must not reuse old label indices.
+    write_images(tmp_path / "folder", {"a": 2, "b": 3})
+    first = imagefolder.decode_folder(tmp_path / "folder", classes=["a", "b"], cache_dir=tmp_path / "cache")
+    # Same files in the same order, but "b" is now class 2 (the training folder gained a class "c").
+    second = imagefolder.decode_folder(tmp_path / "folder", classes=["a", "c", "b"], cache_dir=tmp_path / "cache")
+    assert first.labels.tolist() == [0, 0, 1, 1, 1]
+    assert second.labels.tolist() == [0, 0, 2, 2, 2]

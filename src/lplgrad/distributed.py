@@ -24,6 +24,7 @@ from lplgrad.errors import UserError
 # How long a process waits in a collective for the others. Generous (a checkpoint write on rank 0
 # or a slow first CUDA call), but finite: a process that died without torchrun noticing ends the run.
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+LOADING_TIMEOUT = timedelta(hours=12)  # how long the other processes wait for the first to load the data
 
 
 def launched() -> bool:
@@ -116,12 +117,18 @@ def _check_gpus(device: str) -> None:
 def local_rank_first() -> Iterator[None]:
     """Run the body on the first process of each machine before the others (e.g. loading data, which
     may download, decode and write a cache), so they read what it wrote instead of racing it."""
+    if world()[1] == 1:
+        yield
+        return
+    # A first download or decode can outlast COLLECTIVE_TIMEOUT: wait on a group of our own.
+    patient = dist.new_group(backend="gloo", timeout=LOADING_TIMEOUT)  # collective: every rank creates it
+    assert isinstance(patient, dist.ProcessGroup)  # every rank is a member
     first = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if world()[1] > 1 and not first:
-        dist.barrier()
+    if not first:
+        dist.barrier(group=patient)
     yield
-    if world()[1] > 1 and first:
-        dist.barrier()
+    if first:
+        dist.barrier(group=patient)
 
 
 def sum_over_ranks(value: Tensor) -> Tensor:

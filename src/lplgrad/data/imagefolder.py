@@ -111,8 +111,9 @@ def scan(root: Path, classes: list[str] | None = None) -> tuple[list[Path], list
     return paths, labels, classes
 
 
-def _cache_key(paths: list[Path], root: Path, size: int) -> str:
-    digest = hashlib.sha256(f"v1 size={size}".encode())
+def _cache_key(paths: list[Path], root: Path, size: int, classes: list[str]) -> str:
+    # The class list decides each file's label index (a test folder takes the training folder's list).
+    digest = hashlib.sha256(f"v1 size={size} classes={classes!r}".encode())
     for path in paths:
         stat = path.stat()
         # fsencode: a file name need not be valid UTF-8 (its bytes are kept as surrogates)
@@ -188,10 +189,12 @@ def decode_folder(
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
     cache_dir = cache_dir or default_cache_dir()
     # Keyed by the requested size, so a cache hit needs no image header reads at all.
-    cache_file = cache_dir / f"folder-{_cache_key(paths, root, image_size or 0)}.pt"  # 0: native, as in 0.1
+    cache_file = cache_dir / f"folder-{_cache_key(paths, root, image_size or 0, classes)}.pt"  # 0: native, as in 0.1
     cached = _read_cache(cache_file, paths, root)
     if cached is not None:
-        return FolderImages(cached["images"], cached["labels"], classes, list(cached["skipped"]), cached["files"])
+        kept = set(cached["files"])  # the skipped files as this run spells them, not as the cache's run did
+        skipped = [str(path) for path in paths if path.relative_to(root).as_posix() not in kept]
+        return FolderImages(cached["images"], cached["labels"], classes, skipped, cached["files"])
 
     size = choose_size(paths, image_size, workers)
     log.info("decoding %d images under %s (once; cached afterwards)", len(paths), root)
