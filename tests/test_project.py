@@ -232,14 +232,39 @@ def test_query_refuses_more_than_the_unlabeled_images(labeled_project) -> None:
         query(project, "random", k=10)
 
 
-def test_query_refuses_an_experiments_embeddings_file(tmp_path, capsys) -> None:
+def test_embed_a_project_then_typiclust_and_probcover_query_with_its_features(tmp_path, capsys) -> None:
+    truth = make_images(tmp_path / "pool", 30)
+    first = list(truth.items())[:9]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in first))
+    project, features, index = tmp_path / "project", tmp_path / "features.npy", tmp_path / "features.csv"
+    init = ["init", str(project), "--images", str(tmp_path / "pool"), "--classes", "red,green,blue", *TINY]
+    settings = ["--set", f"active.embeddings={features}", "--set", f"active.embeddings_index={index}"]
+    assert run(*init, *settings, "--labels", str(tmp_path / "labels.csv")) == 0
+    assert run("embed", "--project", str(project), "--epochs", "1", "--batch-size", "8", "--out", str(features)) == 0
+    lines = index.read_text().splitlines()
+    assert lines[0] == "path,row" and len(lines) == 31
+    assert {line.rsplit(",", 1)[0] for line in lines[1:]} == {(tmp_path / "pool" / p).as_posix() for p in truth}
+    for strategy in ("typiclust", "probcover"):
+        assert run("query", str(project), "--k", "4", "--strategy", strategy, "--include-pending") == 0
+    capsys.readouterr()
+    # Images added after the embedding have no row: a one-line error that says what to do.
+    make_images(tmp_path / "more", 3, seed=5)
+    assert run("add", str(project), "--images", str(tmp_path / "more")) == 0
+    assert run("query", str(project), "--k", "4", "--strategy", "typiclust", "--subset", "100") == 2
+    assert "has no row for 3 training image(s)" in capsys.readouterr().err
+
+
+def test_a_project_needs_an_embeddings_index_and_embed_takes_its_settings(tmp_path, capsys) -> None:
     make_images(tmp_path / "pool", 6)
     project = tmp_path / "project"
     init = ["init", str(project), "--images", str(tmp_path / "pool"), "--classes", "red,green,blue"]
     assert run(*init, "--set", f"active.embeddings={tmp_path / 'features.npy'}") == 0
     assert run("query", str(project), "--k", "2") == 2
-    assert "active.embeddings is for `lplgrad run`" in capsys.readouterr().err
+    assert "active.embeddings needs active.embeddings_index" in capsys.readouterr().err
     assert not (project / "batches").exists()
+    out = str(tmp_path / "f.npy")
+    assert run("embed", "--project", str(project), "--dataset", "digits", "--out", out) == 2
+    assert "embed --project uses the project's settings" in capsys.readouterr().err
 
 
 def test_init_refuses_an_existing_project_and_unknown_class_folders(tmp_path, labeled_project) -> None:

@@ -23,7 +23,7 @@ from lplgrad.project import commands as project_commands
 from lplgrad.report import write_report
 from lplgrad.results import RESULTS_FILE, read_rows
 from lplgrad.selfsup import SimCLRConfig
-from lplgrad.selfsup.embed import embed_pool
+from lplgrad.selfsup.embed import embed_pool, embed_project
 from lplgrad.strategies import list_strategies, strategy_class
 from lplgrad.summary import accuracy_table
 
@@ -113,11 +113,12 @@ def _embed_parser(sub: Any) -> None:
         allow_abbrev=False,
         help="learn self-supervised features of the training pool (SimCLR) for typiclust / probcover",
         description="Train SimCLR on the training images of a run's dataset (no labels read) and write their "
-        "features: FILE.npy, rows in the pool's order, and for image folders FILE.csv (path,row). Use them with "
-        "--set active.embeddings=FILE.npy.",
+        "features: FILE.npy, rows in the pool's order, and for image folders and labeling projects FILE.csv "
+        "(path,row). Use them with --set active.embeddings=FILE.npy (and active.embeddings_index=FILE.csv).",
     )
     embed.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default digits)")
     embed.add_argument("--preset", help="a shipped preset: its dataset, width and device")
+    embed.add_argument("--project", type=Path, help="a labeling project: its pool, image size, width and device")
     embed.add_argument("--config", type=Path, help="TOML file of settings (e.g. a run's config.toml)")
     embed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     embed.add_argument("--width", type=int, help="ResNet-18 base width of the SimCLR backbone")
@@ -243,7 +244,14 @@ def _main(args: argparse.Namespace) -> int:
             settings = SimCLRConfig(
                 epochs=args.embed_epochs, batch_size=args.batch_size, base_lr=args.base_lr, temperature=args.temperature
             )
-            summary = embed_pool(config_from_args(args), settings, args.out)
+            if args.project is not None:
+                if args.dataset or args.preset or args.config or args.set:
+                    raise UserError(
+                        "embed --project uses the project's settings; drop --dataset/--preset/--config/--set"
+                    )
+                summary = embed_project(args.project, settings, args.out)
+            else:
+                summary = embed_pool(config_from_args(args), settings, args.out)
             images, dims = summary.shape
             print(f"embeddings: {summary.embeddings} ({images} x {dims}, {summary.seconds:.0f} s)")
             index = f" --set active.embeddings_index={summary.index}" if summary.index else ""

@@ -2,8 +2,9 @@
 
 An embeddings file is a ``.npy`` array [N, D]. Its rows are the training pool's images in the
 pool's order, unless an index CSV (``active.embeddings_index``, columns ``path,row``) maps each
-image of an image folder, by its path relative to the folder, to a row: then the array may hold
-the images in any order, and more images than the pool. ``lplgrad embed`` writes both.
+image to a row: an image folder's images by their paths relative to the folder, a labeling
+project's by their full paths. Then the array may hold the images in any order, and more images
+than the pool. ``lplgrad embed`` writes both.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _rows_of_pool(train_files: tuple[str, ...], index_file: str, available: int)
     if missing:
         raise UserError(
             f"embeddings index {index_file} has no row for {len(missing)} training image(s), e.g. {missing[0]!r} "
-            "(paths are relative to the image folder)"
+            "(paths relative to the image folder, full paths for a project); run lplgrad embed again"
         )
     rows = np.array([index[file] for file in train_files])
     if rows.max() >= available:

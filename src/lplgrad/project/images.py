@@ -91,6 +91,11 @@ def decode(rows: list[ImageRow], size: int) -> Tensor:
     return images
 
 
+def project_keys(rows: list[ImageRow]) -> tuple[str, ...]:
+    """How an embeddings index names a project's images: their full paths."""
+    return tuple(row.full_path.as_posix() for row in rows)
+
+
 def stream(rows: list[ImageRow], size: int, chunk: int = CHUNK) -> Iterator[tuple[list[ImageRow], Tensor]]:
     """(rows, images) a chunk at a time, so memory is bounded by the chunk, not by the pool."""
     for start in range(0, len(rows), chunk):

@@ -30,7 +30,7 @@ from lplgrad.inference import evaluate, predict
 from lplgrad.loop import SEED_INIT, SEED_QUERY, SEED_SUBSET, SEED_TRAIN, build_models, derive_seed, model_stem
 from lplgrad.project import db
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem, batch_csv, label_studio_config, label_studio_tasks
-from lplgrad.project.images import decode
+from lplgrad.project.images import decode, project_keys
 from lplgrad.project.settings import read_settings
 from lplgrad.strategies import QueryContext, Strategy
 from lplgrad.train import fit
@@ -141,10 +141,10 @@ class _Inputs:
 
 def _read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> _Inputs:
     config = read_settings(project)
-    if config.active.embeddings:  # its rows follow an experiment's pool, not a project's round
+    if config.active.embeddings and not config.active.embeddings_index:  # a round's images are not the pool
         raise UserError(
-            "active.embeddings is for `lplgrad run`; in a labeling project typiclust and probcover use the "
-            "model's features: remove it from the project's config.toml"
+            "in a labeling project active.embeddings needs active.embeddings_index; "
+            f"`lplgrad embed --project {project} --out FILE.npy` writes both"
         )
     round_index = len(db.rounds(conn)) + 1
     pool = db.images(conn, "WHERE images.role = 'pool'")
@@ -264,6 +264,7 @@ def _dataset(
         mean,
         std,
         Augment(crop_padding=max(1, size // 8), flip=True),
+        train_files=project_keys(labeled + candidates),  # for an embeddings index (typiclust, probcover)
     )
     return dataset, train_ids, note
 

@@ -1,5 +1,6 @@
-"""``lplgrad embed``: SimCLR features of a run configuration's training pool, written for typiclust
-and probcover (``active.embeddings`` and, for image folders, ``active.embeddings_index``)."""
+"""``lplgrad embed``: SimCLR features of a run configuration's training pool, or of a labeling
+project's pool, written for typiclust and probcover (``active.embeddings`` and, for image folders
+and projects, ``active.embeddings_index``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from lplgrad.config import RunConfig
-from lplgrad.data import load_dataset
+from lplgrad.data import Augment, Dataset, Split, channel_stats, load_dataset
 from lplgrad.distributed import launched
 from lplgrad.embeddings import index_path, write_embeddings
 from lplgrad.errors import UserError
 from lplgrad.experiment import resolve_device
 from lplgrad.loop import model_stem
+from lplgrad.project import db
+from lplgrad.project.images import decode, project_keys
+from lplgrad.project.settings import read_settings
 from lplgrad.selfsup.simclr import SimCLRConfig, embed_images, train_simclr
 
 
@@ -27,9 +33,7 @@ class EmbedSummary:
     seconds: float
 
 
-def embed_pool(config: RunConfig, simclr: SimCLRConfig, out: Path) -> EmbedSummary:
-    """Train SimCLR on the pool of ``config``'s dataset (the backbone's width and stem follow
-    ``model``) and write the features of every training image to ``out`` (.npy)."""
+def _check_out(out: Path) -> Path:
     if launched():
         raise UserError("embed runs in one process; start it without torchrun")
     out = out.expanduser()
@@ -37,8 +41,38 @@ def embed_pool(config: RunConfig, simclr: SimCLRConfig, out: Path) -> EmbedSumma
         raise UserError(f"--out must name a .npy file, got {out}")
     if not out.parent.is_dir():
         raise UserError(f"the folder of --out does not exist: {out.parent}")
+    return out
+
+
+def embed_pool(config: RunConfig, simclr: SimCLRConfig, out: Path) -> EmbedSummary:
+    """Train SimCLR on the pool of ``config``'s dataset (the backbone's width and stem follow
+    ``model``) and write the features of every training image to ``out`` (.npy)."""
+    out = _check_out(out)
     start = time.perf_counter()
-    dataset = load_dataset(config.data)
+    return _embed(load_dataset(config.data), config, simclr, out, start)
+
+
+def embed_project(project: Path, simclr: SimCLRConfig, out: Path) -> EmbedSummary:
+    """The same for a labeling project's pool (its unlabeled and labeled images, decoded at the
+    project's image size; memory: images x 3 x size^2 bytes), indexed by each image's full path."""
+    out = _check_out(out)
+    start = time.perf_counter()
+    db.require_project(project)
+    conn = db.connect(project)
+    try:
+        rows = db.images(conn, "WHERE images.role = 'pool'")
+        classes, size = db.classes(conn), int(db.setting(conn, "image_size") or 64)
+    finally:
+        conn.close()
+    config = read_settings(project)
+    images = decode(rows, size)
+    mean, std = channel_stats(images)
+    pool = Split(images, torch.zeros(len(rows), dtype=torch.long))  # labels are never read
+    dataset = Dataset("project", pool, pool, classes, mean, std, Augment(), train_files=project_keys(rows))
+    return _embed(dataset, config, simclr, out, start)
+
+
+def _embed(dataset: Dataset, config: RunConfig, simclr: SimCLRConfig, out: Path, start: float) -> EmbedSummary:
     device = resolve_device(config.device)
     stem = model_stem(config, dataset.image_shape[1])
     simclr = replace(simclr, width=config.model.width, stem=stem, seed=config.seed)
