@@ -143,39 +143,45 @@ def _embeddings(ctx: QueryContext, candidates: Tensor, path: str | None, index: 
     return pool, normalized_embeddings(ctx, labeled)
 
 
+@dataclass(frozen=True)
+class _OnEmbeddings(Strategy):
+    """Picks among the candidates by their (and the labeled images') normalised embeddings."""
+
+    embeddings: str | None = None  # a .npy file (active.embeddings); None: the model's penultimate features
+    embeddings_index: str | None = None  # a path,row CSV for the .npy's rows (active.embeddings_index)
+
+    def select(self, ctx: QueryContext, k: int) -> Selection:
+        check_k(k, ctx.candidates.numel())
+        candidates = ctx.candidates.cpu().sort().values
+        pool, labeled = _embeddings(ctx, candidates, self.embeddings, self.embeddings_index)
+        positions, scores = self.picks(labeled, pool, k, ctx)
+        return Selection(candidates[positions], scores.float())
+
+    def picks(self, labeled: Tensor, pool: Tensor, k: int, ctx: QueryContext) -> tuple[Tensor, Tensor]:
+        """Positions [k] into ``pool`` and their scores."""
+        raise NotImplementedError
+
+
 @register_strategy
 @dataclass(frozen=True)
-class TypiClust(Strategy):
+class TypiClust(_OnEmbeddings):
     """Typical images of the largest uncovered clusters (Hacohen, Dekel & Weinshall 2022)."""
 
     name = "typiclust"
-    embeddings: str | None = None  # a .npy file (active.embeddings); None: the model's penultimate features
-    embeddings_index: str | None = None  # a path,row CSV for the .npy's rows (active.embeddings_index)
 
-    def select(self, ctx: QueryContext, k: int) -> Selection:
-        check_k(k, ctx.candidates.numel())
-        candidates = ctx.candidates.cpu().sort().values
-        pool, labeled = _embeddings(ctx, candidates, self.embeddings, self.embeddings_index)
-        positions, scores = typiclust_picks(labeled, pool, k, ctx.generator)
-        return Selection(candidates[positions], scores.float())
+    def picks(self, labeled: Tensor, pool: Tensor, k: int, ctx: QueryContext) -> tuple[Tensor, Tensor]:
+        return typiclust_picks(labeled, pool, k, ctx.generator)
 
 
 @register_strategy
 @dataclass(frozen=True)
-class ProbCover(Strategy):
+class ProbCover(_OnEmbeddings):
     """Maximum coverage by pure balls (Yehuda, Dekel, Hacohen & Weinshall 2022)."""
 
     name = "probcover"
-    embeddings: str | None = None  # a .npy file (active.embeddings); None: the model's penultimate features
-    embeddings_index: str | None = None  # a path,row CSV for the .npy's rows (active.embeddings_index)
 
-    def select(self, ctx: QueryContext, k: int) -> Selection:
-        check_k(k, ctx.candidates.numel())
-        candidates = ctx.candidates.cpu().sort().values
-        pool, labeled = _embeddings(ctx, candidates, self.embeddings, self.embeddings_index)
+    def picks(self, labeled: Tensor, pool: Tensor, k: int, ctx: QueryContext) -> tuple[Tensor, Tensor]:
         points = torch.cat([labeled, pool])
         classes = min(ctx.dataset.num_classes, len(points))
         pseudo = torch.from_numpy(_kmeans(points, classes, ctx.generator)).long()
-        delta = purity_radius(points, pseudo)
-        positions, scores = max_coverage_picks(labeled, pool, k, delta, ctx.generator)
-        return Selection(candidates[positions], scores.float())
+        return max_coverage_picks(labeled, pool, k, purity_radius(points, pseudo), ctx.generator)
