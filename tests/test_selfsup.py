@@ -97,9 +97,7 @@ def test_simclr_features_separate_the_classes_better_than_untrained_ones() -> No
 def _view_loss(model: SimCLRModel, dataset, first: torch.Tensor, second: torch.Tensor, temperature: float) -> float:
     """NT-Xent of two fixed sets of views of the same images (eval mode: no batch statistics)."""
     model.eval()
-    mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
-    std = torch.tensor(dataset.std).view(1, -1, 1, 1)
-    return float(nt_xent(model((first - mean) / std), model((second - mean) / std), temperature))
+    return float(nt_xent(model(dataset.standardize(first)), model(dataset.standardize(second)), temperature))
 
 
 def test_embeddings_file_in_pool_order_or_through_an_index(tmp_path) -> None:

@@ -17,7 +17,7 @@ import torch
 from lplgrad.atomic_io import write_atomic
 from lplgrad.config import ActiveConfig, RunConfig
 from lplgrad.data import Dataset, load_dataset
-from lplgrad.distributed import is_writer, launched, local_rank_first, share, world
+from lplgrad.distributed import is_writer, launched, local_rank_first, share
 from lplgrad.errors import UserError
 from lplgrad.loop import SEED_INIT, SEED_INITIAL_SET, Learner, RoundObserver, build_models, derive_seed, run_rounds
 from lplgrad.pool import Pool
@@ -76,8 +76,6 @@ def run_experiment(
     device = resolve_device(config.device)
     if config.deterministic and config.train.channels_last and device.type == "cpu":
         raise UserError("train.channels_last is not bit-reproducible on CPUs (oneDNN); drop it or drop --deterministic")
-    if config.train.sync_batchnorm and world()[1] > 1 and device.type != "cuda":
-        raise UserError("train.sync_batchnorm needs GPUs (torch's SyncBatchNorm has no CPU kernels); drop it")
     with hold_run_folder(writer), deterministic_algorithms(config.deterministic):
         return _run_trials(config, writer, dataset, progress, resume, device)
 

@@ -94,13 +94,13 @@ def make_optimizer(
     return optimizer, Schedule(optimizer, config, epochs or config.epochs, per_epoch)
 
 
-def data_parallel(module: nn.Module | None, config: TrainConfig) -> nn.Module | None:
+def data_parallel(module: nn.Module, config: TrainConfig) -> nn.Module:
     """``module`` for this process's share of each batch: itself in one process, and under
     torchrun wrapped in DistributedDataParallel (gradients averaged over the processes in the
     backward pass; BatchNorm buffers broadcast from rank 0 on each forward, and averaged over the
     ranks when ``fit`` ends), with its BatchNorm layers made SyncBatchNorm when
     ``train.sync_batchnorm`` asks for batch statistics over the whole batch."""
-    if module is None or world()[1] == 1:
+    if world()[1] == 1:
         return module
     device = next(module.parameters()).device
     if config.sync_batchnorm:
@@ -138,8 +138,8 @@ def fit(
     """
     device = next(model.parameters()).device
     processes = world()[1]
-    train_model, train_aux_model = data_parallel(model, config), data_parallel(aux_model, config)
-    assert train_model is not None
+    train_model = data_parallel(model, config)
+    train_aux_model = data_parallel(aux_model, config) if aux_model is not None else None
     order_generator = torch.Generator().manual_seed(seed)
     augment_generator = torch.Generator(device=device).manual_seed(seed)
     labeled = labeled.to(device)

@@ -77,7 +77,11 @@ class Dataset:
         so ``.contiguous()`` keeps it, and convolutions would then pick channels_last kernels.
         """
         x = images.to(torch.float32, memory_format=torch.contiguous_format)
-        return (x / 255.0 - self._mean.to(x.device)) / self._std.to(x.device)
+        return self.standardize(x / 255.0)
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """Float pixels in [0, 1] (e.g. SimCLR's views) -> standardized with the dataset's mean/std."""
+        return (x - self._mean.to(x.device)) / self._std.to(x.device)
 
 
 def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

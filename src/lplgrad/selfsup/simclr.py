@@ -83,13 +83,6 @@ def nt_xent(first: Tensor, second: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(similarity, partner)
 
 
-def _standardize(dataset: Dataset, x: Tensor) -> Tensor:
-    """[0, 1] floats -> the dataset's per-channel standardisation."""
-    mean = torch.tensor(dataset.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(dataset.std, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
-
-
 def train_simclr(dataset: Dataset, config: SimCLRConfig, device: torch.device) -> SimCLRModel:
     """SimCLR on every training image of ``dataset`` (its labels are never read)."""
     images = dataset.train.images.to(device)
@@ -107,22 +100,23 @@ def train_simclr(dataset: Dataset, config: SimCLRConfig, device: torch.device) -
     generator = torch.Generator(device).manual_seed(config.seed)
     model.train()
     for epoch in range(config.epochs):
-        start, total = time.perf_counter(), 0.0
+        start, total = time.perf_counter(), torch.zeros((), device=device)
         order = torch.randperm(count, generator=generator, device=device)
         for step in range(per_epoch):
             batch = images[order[step * batch_size : (step + 1) * batch_size]]
             views = torch.cat([random_views(batch, config.views, generator) for _ in range(2)])
-            projections = model(_standardize(dataset, views))
+            projections = model(dataset.standardize(views))
             loss = nt_xent(projections[:batch_size], projections[batch_size:], config.temperature)
-            if not torch.isfinite(loss):
-                raise UserError(f"the SimCLR loss is not finite in epoch {epoch + 1}; try a smaller base lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss.detach())
+            total += loss.detach()
+        mean_loss = float(total) / per_epoch  # one host sync per epoch, also the NaN check
+        if not math.isfinite(mean_loss):
+            raise UserError(f"the SimCLR loss is not finite in epoch {epoch + 1}; try a smaller --base-lr")
         seconds = time.perf_counter() - start
-        log.info("embed epoch %d/%d: NT-Xent %.4f, %.1fs", epoch + 1, config.epochs, total / per_epoch, seconds)
+        log.info("embed epoch %d/%d: NT-Xent %.4f, %.1fs", epoch + 1, config.epochs, mean_loss, seconds)
     return model
 
 
@@ -133,6 +127,5 @@ def embed_images(model: SimCLRModel, dataset: Dataset, device: torch.device, bat
     images = dataset.train.images
     chunks = []
     for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size].to(device).float() / 255.0
-        chunks.append(model.features(_standardize(dataset, x)).float().cpu())
+        chunks.append(model.features(dataset.normalize(images[start : start + batch_size].to(device))).float().cpu())
     return torch.cat(chunks)
