@@ -24,8 +24,8 @@ def storage_error(path: Path, error: OSError, reading: bool = False) -> StorageE
         return StorageError(error.errno, f"cannot read {path}: {reason}")
     return StorageError(
         error.errno,
-        f"cannot write {path}: {reason}; the run folder still holds its last finished round "
-        "(free space, then rerun with --resume)",
+        f"cannot write {path}: {reason}; what was written before is still whole (free space, then run the "
+        "command again: lplgrad run continues with --resume)",
     )
 
 

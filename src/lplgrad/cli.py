@@ -5,7 +5,9 @@ Only these two modules print."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -17,7 +19,7 @@ from lplgrad import config_files
 from lplgrad.atomic_io import StorageError
 from lplgrad.data.loaders import check_dataset_name, list_datasets
 from lplgrad.distributed import launch_rank, launched, peer_failure, process_group
-from lplgrad.errors import UserError
+from lplgrad.errors import UserError, one_line
 from lplgrad.experiment import TrialsFailed, run_experiment
 from lplgrad.project import commands as project_commands
 from lplgrad.report import write_report
@@ -213,9 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return _main(args)
+        code = _main(args)
+        sys.stdout.flush()  # a pipe's buffer is written here, where its reader leaving is caught
+        return code
+    except BrokenPipeError:  # `lplgrad status | head`: the reader left; say nothing more, as cat does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports it
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit does not raise a second BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no real file descriptor (a test's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -265,10 +278,10 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"results: {args.out / 'results.jsonl'}")
         return 0
     except UserError as error:
-        print(f"lplgrad: error{_which_process()}: {error}", file=sys.stderr)
+        print(f"lplgrad: error{_which_process()}: {one_line(str(error))}", file=sys.stderr)
         return 2
     except (TrialsFailed, StorageError) as error:
-        print(f"lplgrad: error{_which_process()}: {error}", file=sys.stderr)
+        print(f"lplgrad: error{_which_process()}: {one_line(str(error))}", file=sys.stderr)
         return 1
     except Exception as error:
         if not (launched() and peer_failure(error)):

@@ -122,9 +122,19 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def to_toml(config: RunConfig) -> str:
-    """The resolved configuration as TOML that ``read_toml`` reads back; None (not set) is left out."""
-    table = to_dict(config)
+def to_toml(config: RunConfig, leave_out: frozenset[str] = frozenset()) -> str:
+    """The resolved configuration as TOML that ``read_toml`` reads back; None (not set) and the dotted
+    keys in ``leave_out`` are left out."""
+    table = {
+        section: (
+            {k: v for k, v in values.items() if f"{section}.{k}" not in leave_out}
+            if isinstance(values, dict)
+            else values
+        )
+        for section, values in to_dict(config).items()
+        if section not in leave_out
+    }
+    table = {k: v for k, v in table.items() if v != {}}
     lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict) and v is not None]
     for section, values in table.items():
         if isinstance(values, dict):

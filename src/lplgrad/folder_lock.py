@@ -6,6 +6,7 @@ command never leaves a stale lock); the file holds the holder's pid and command 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sys
@@ -22,17 +23,23 @@ LOCK_FILE = ".lock"
 def folder_lock(folder: Path, what: str) -> Iterator[None]:
     """Hold FOLDER/.lock while inside; if another process holds it, a UserError naming it.
     ``what`` names the folder in the message (e.g. "run folder", "project")."""
-    handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 (held until the end)
+    try:
+        handle = open(folder / LOCK_FILE, "a+b", buffering=0)  # noqa: SIM115 (held until the end)
+    except OSError as error:  # a read-only disk or folder, a full disk, no permission
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise UserError(f"{what} {folder} cannot be changed here ({reason}); nothing was written") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "pid unknown"
+            holder = handle.read().decode("utf-8", "replace").strip() or "pid unknown"
             raise UserError(f"{what} {folder} is busy: {holder} holds it; wait for it to end") from None
-        handle.seek(0)
-        handle.truncate()
         command = " ".join(["lplgrad", *sys.argv[1:2]]) if sys.argv else "lplgrad"
-        handle.write(f"pid {os.getpid()} ({command})\n")
-        handle.flush()
+        try:  # who holds it, for the message above; the lock itself is the flock
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} ({command})\n".encode())  # unbuffered: nothing left to flush at close
+        except OSError:  # a full disk: the note is lost, the lock holds
+            pass
         yield

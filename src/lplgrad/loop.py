@@ -28,6 +28,7 @@ from lplgrad.train import FitResult, TrainingDiverged, fit
 
 # Purposes of derived seeds, so that e.g. the candidate subset never shares a stream with training.
 SEED_INIT, SEED_TRAIN, SEED_SUBSET, SEED_QUERY, SEED_INITIAL_SET, SEED_ARTIFACTS = range(6)
+SEED_HOLDOUT = 7  # a labeling project's held-out labeled images (kept at 7: projects hold out the same ones)
 
 
 def derive_seed(*parts: int) -> int:

@@ -124,7 +124,7 @@ def fit(
     """Train ``model`` (w_main, and w_aux ``aux_model`` when given) on ``dataset.train[labeled]``.
 
     ``seed`` fixes the data order and augmentation; with ``progress``, a tqdm bar named
-    ``description`` shows the epochs on a terminal. Returns the mean total loss of the last
+    ``description`` shows the optimizer steps on a terminal. Returns the mean total loss of the last
     epoch, the optimizer steps and the epochs taken (``train.min_steps`` may add epochs; the
     milestones, the cosine schedule and w_aux's detach point follow the epochs actually
     trained). Raises TrainingDiverged on a NaN/inf loss, or weights that are not finite or too
@@ -154,7 +154,14 @@ def fit(
     mean_loss = 0.0
     show = progress and sys.stderr.isatty()
     steps = 0
-    for epoch in tqdm(range(epochs), desc=description, disable=not show, leave=False):
+    bar = tqdm(
+        total=epochs * steps_per_epoch(labeled.numel(), config.batch_size),
+        desc=description,
+        unit="step",
+        disable=not show,
+        leave=False,
+    )
+    for epoch in range(epochs):
         order = labeled[torch.randperm(labeled.numel(), generator=order_generator).to(device)]
         total, seen = torch.zeros((), device=device), 0
         for start in range(0, order.numel(), config.batch_size):
@@ -190,6 +197,7 @@ def fit(
             optimizer.step()
             schedule.after_step()
             steps += 1
+            bar.update()
             total += loss.detach() * y.numel()
             seen += y.numel()
         schedule.after_epoch()
@@ -198,7 +206,9 @@ def fit(
         sums = sum_over_ranks(torch.stack([total, torch.tensor(float(seen), device=device)]))
         mean_loss = float(sums[0]) / max(1.0, float(sums[1]))  # one sync per epoch, also the NaN check
         if not math.isfinite(mean_loss):
+            bar.close()
             raise TrainingDiverged(epoch)
+    bar.close()
     for module in modules:
         average_buffers(module)  # under torchrun: every rank ends the round with the same running statistics
     if not weights_healthy(modules):  # the loss is measured before each step, so the last step is checked here

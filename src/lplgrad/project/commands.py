@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,14 +13,15 @@ from typing import Any
 from lplgrad import config_files
 from lplgrad.distributed import launch_rank, process_group
 from lplgrad.errors import UserError
-from lplgrad.project import workflow
+from lplgrad.project import db, workflow
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX
 from lplgrad.project.predict import predict_files
 from lplgrad.project.query import query
-from lplgrad.project.settings import read_settings
+from lplgrad.project.settings import DEFAULT_BATCH, read_settings
 
 COMMANDS = ("init", "add", "query", "import", "status", "export", "predict", "label")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def add_parsers(sub: Any) -> None:
@@ -36,11 +39,16 @@ def add_parsers(sub: Any) -> None:
     add = sub.add_parser("add", allow_abbrev=False, help="register more images in a project")
     add.add_argument("project", type=Path, metavar="DIR")
     add.add_argument("--images", type=Path, required=True)
+    add.add_argument(
+        "--accept-changed",
+        action="store_true",
+        help="registered images under --images that now hold other bytes: register their new content",
+    )
 
     q = sub.add_parser("query", allow_abbrev=False, help="train on the labels so far and write the next batch")
     q.add_argument("project", type=Path, metavar="DIR")
     q.add_argument("--strategy", help="a registered strategy (default: the project's, lplgrad)")
-    q.add_argument("--k", type=int, default=100, help="images in the batch (default 100)")
+    q.add_argument("--k", type=int, default=DEFAULT_BATCH, help=f"images in the batch (default {DEFAULT_BATCH})")
     q.add_argument("--subset", type=int, help="unlabeled candidates scored (default: the project's, 10,000)")
     q.add_argument("--include-pending", action="store_true", help="also query images waiting in an earlier batch")
     q.add_argument("--url-prefix", default=LOCAL_FILES_PREFIX, help="prefix of image URLs in label-studio.json")
@@ -61,6 +69,7 @@ def add_parsers(sub: Any) -> None:
     st = sub.add_parser("status", allow_abbrev=False, help="images, labels per class and rounds of a project")
     st.add_argument("project", type=Path, metavar="DIR")
     st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument("--no-check", action="store_true", help="skip checking the database page by page (large projects)")
 
     ex = sub.add_parser("export", allow_abbrev=False, help="the labels as CSV, or as class folders")
     ex.add_argument("project", type=Path, metavar="DIR")
@@ -73,7 +82,17 @@ def add_parsers(sub: Any) -> None:
     lb.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     lb.add_argument("--port", type=int, default=8765)
     lb.add_argument("--strategy", help="strategy of the rounds the page trains (default: the project's)")
-    lb.add_argument("--k", type=int, default=20, help="images per batch the page trains (default 20)")
+    lb.add_argument(
+        "--k", type=int, default=DEFAULT_BATCH, help=f"images per batch the page trains (default {DEFAULT_BATCH})"
+    )
+    lb.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name or address other machines use to reach the page (repeatable; with --host 0.0.0.0 "
+        "this machine's names and addresses are allowed already)",
+    )
 
     pr = sub.add_parser("predict", allow_abbrev=False, help="the latest model's predictions for images")
     pr.add_argument("project", type=Path, metavar="DIR")
@@ -82,7 +101,15 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Carry out one project subcommand and print its summary."""
+    """Carry out one project subcommand and print its summary; SQLite's errors (a damaged file, a full
+    disk, a read-only folder) become one-line errors naming the database."""
+    try:
+        _run(args)
+    except sqlite3.DatabaseError as error:
+        raise UserError(f"{args.project / db.DB_FILE}: {db.damage_hint(error)}") from None
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "init":
         values: dict[str, Any] = config_files.read_toml(args.config) if args.config else {}
         values.update(config_files.parse_set(args.set))
@@ -93,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
         )
         print(f"project {args.project}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     elif args.command == "add":
-        counts = workflow.add(args.project, args.images)
+        counts = workflow.add(args.project, args.images, args.accept_changed)
         print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     elif args.command == "query":
         with process_group(_project_device(args.project)):  # under torchrun: one process per device
@@ -118,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
             f"{imported.relabeled} relabeled"
         )
     elif args.command == "status":
-        print_status(workflow.status(args.project), args.json)
+        print_status(workflow.status(args.project, check=not args.no_check), args.json)
     elif args.command == "export":
         if args.format == "csv":
             print(f"{workflow.export_csv(args.project, args.out)} labels written to {args.out}")
@@ -154,16 +181,39 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
             f"round {r['round']}: {r['strategy']}, trained on {r['labeled']}, queried {r['queried']}, "
             f"accuracy {accuracy}"
         )
+    measured = {name: value for name, value in status["per_class_accuracy"].items() if value is not None}
+    if measured:
+        print("accuracy per class (latest round): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in measured.items()))
+
+
+def allowed_hosts(bound: str, extra: list[str]) -> list[str]:
+    """The Host header values the page accepts: this machine's loopback names, the address it is bound
+    to, the names given with --allowed-host, and for a wildcard address (0.0.0.0, ::) this machine's
+    host names and addresses. Any other name is refused (a DNS-rebinding page cannot use its own)."""
+    from lplgrad.web.app import LOCAL_HOSTS
+
+    hosts = [*LOCAL_HOSTS, *extra]
+    if bound not in LOOPBACK:
+        hosts.append(f"[{bound}]" if ":" in bound else bound)
+    if bound in WILDCARDS:
+        names = {socket.gethostname(), socket.getfqdn()}
+        for name in list(names):
+            try:
+                names.update(str(info[4][0]) for info in socket.getaddrinfo(name, None))
+            except OSError:  # a name that does not resolve: still allowed as typed
+                continue
+        hosts += [f"[{n}]" if ":" in n else n for n in sorted(names) if n]
+    return list(dict.fromkeys(hosts))
 
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn  # imported here: only this command needs the web stack
 
-    from lplgrad.web.app import LOCAL_HOSTS, create_app
+    from lplgrad.web.app import create_app
 
     if args.k < 1:
         raise UserError(f"--k must be >= 1, got {args.k}")
-    hosts = [*LOCAL_HOSTS, args.host] if args.host not in LOOPBACK else LOCAL_HOSTS
+    hosts = allowed_hosts(args.host, args.allowed_host)
     app = create_app(args.project, args.strategy, args.k, hosts)
     if args.host not in LOOPBACK:
         print(f"warning: serving on {args.host}: anyone who can reach it can label this project", file=sys.stderr)

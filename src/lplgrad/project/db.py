@@ -12,8 +12,10 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from lplgrad.errors import UserError
 
@@ -68,33 +70,104 @@ MIGRATIONS = [
     );
     CREATE INDEX queried_image ON queried(image_id);
     """,
+    """
+    -- The kernel sets ctime on every change of a file's content or mtime and nothing sets it back,
+    -- so an unchanged (size, mtime, ctime) means unchanged bytes. NULL (older projects): hash once.
+    ALTER TABLE images ADD COLUMN ctime_ns INTEGER;
+    ALTER TABLE rounds ADD COLUMN per_class_accuracy TEXT;  -- JSON list in class order, null where a class is absent
+    -- Images the page skipped in a round's batch: shown after the others until the next round.
+    CREATE TABLE skipped (
+        image_id INTEGER PRIMARY KEY REFERENCES images(id),
+        round INTEGER NOT NULL REFERENCES rounds(round)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def require_project(project: Path) -> None:
-    if not (project / DB_FILE).is_file():
+    path = project / DB_FILE
+    if not path.is_file():
         raise UserError(f"{project} is not an lplgrad project (no {DB_FILE}); make one with lplgrad init")
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"{path} is empty (0 bytes): not an lplgrad project, or a damaged one; restore it from a backup"
+        )
 
 
-def connect(project: Path, create: bool = False) -> sqlite3.Connection:
-    """Open (or, with ``create``, make) the project database, migrated to the current schema."""
+def connect(project: Path, create: bool = False, readonly: bool = False) -> sqlite3.Connection:
+    """Open (or, with ``create``, make) the project database, migrated to the current schema.
+
+    ``readonly`` connections (status, export, the page's reads) never write: they also open a project
+    on a read-only disk or folder. Migrations run only when the schema is old, so an ordinary open
+    takes no write lock. A file that is not an SQLite database, or is damaged, is a UserError."""
     path = project / DB_FILE
     if not create:
         require_project(project)
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)  # transactions are explicit
     try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        _migrate(conn, path)
+        conn = _open(path, readonly)
+    except sqlite3.DatabaseError as error:
+        raise UserError(f"{path} cannot be opened: {error}") from None
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if not create and version == 0:
+            raise UserError(f"{path} is not an lplgrad project database (no schema); restore it from a backup")
+        if version > SCHEMA_VERSION:
+            raise UserError(f"{path} was made by a newer lplgrad (schema {version}); upgrade lplgrad")
+        if version < SCHEMA_VERSION:
+            if readonly:  # a read-only handle cannot migrate: do it once with a writable one
+                conn.close()
+                connect(project, create).close()
+                return connect(project, readonly=True)
+            conn.execute("PRAGMA journal_mode = WAL")
+            _migrate(conn, path)
     except sqlite3.DatabaseError as error:
         conn.close()
-        raise UserError(f"{path} cannot be used: {error}") from None
+        raise UserError(f"{path} cannot be used: {damage_hint(error)}") from None
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _open(path: Path, readonly: bool) -> sqlite3.Connection:
+    """A connection with foreign keys on and explicit transactions. Read-only: ``mode=ro``, and where
+    even that cannot open (a WAL database in a read-only folder, whose shared-memory file cannot be
+    made) ``immutable=1``, which reads the file as it is."""
+    if not readonly:
+        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+    else:
+        uri = "file:" + quote(str(path.resolve()))
+        try:
+            conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA user_version").fetchone()  # opening is lazy: this is where it fails
+        except sqlite3.OperationalError:
+            conn = sqlite3.connect(uri + "?immutable=1", uri=True, timeout=10.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def damage_hint(error: sqlite3.DatabaseError) -> str:
+    """SQLite's message, with what to do when it means a damaged file or a full disk."""
+    text = str(error)
+    if "malformed" in text or "not a database" in text:
+        return f"{text}: the file is damaged; restore project.db from a backup"
+    if "disk is full" in text or "disk I/O" in text:
+        return f"{text}: free some space and run the command again (nothing was changed)"
+    if "readonly" in text or "read-only" in text:
+        return f"{text}: the project is read-only here; only status, export and predict work on it"
+    return text
+
+
+def check_integrity(conn: sqlite3.Connection, project: Path) -> None:
+    """``PRAGMA quick_check``: a page overwritten with garbage is found here, not by a later write."""
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as error:
+        problems = [str(error)]
+    if problems != ["ok"]:
+        raise UserError(f"{project / DB_FILE} is damaged ({'; '.join(problems)[:200]}); restore it from a backup")
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -139,6 +212,7 @@ class ImageRow:
     mtime_ns: int
     sha256: str
     label: str | None  # its class name, if labeled
+    ctime_ns: int | None = None  # None: registered by an lplgrad that did not record it
 
     @property
     def full_path(self) -> Path:
@@ -147,7 +221,7 @@ class ImageRow:
 
 _IMAGE_COLUMNS = """
     SELECT images.id, roots.path AS root, images.path, images.role, images.size, images.mtime_ns,
-           images.sha256, classes.name AS label
+           images.sha256, classes.name AS label, images.ctime_ns
     FROM images JOIN roots ON roots.id = images.root_id
     LEFT JOIN labels ON labels.image_id = images.id
     LEFT JOIN classes ON classes.id = labels.class_id
@@ -201,8 +275,14 @@ def labels_per_class(conn: sqlite3.Connection) -> dict[str, int]:
     return {row[0]: row[1] for row in rows}
 
 
-def queried_in(conn: sqlite3.Connection, round_index: int) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM queried WHERE round = ? ORDER BY rank", (round_index,)).fetchall()
+def exported_labels(conn: sqlite3.Connection) -> list[tuple[str, str, str, int | None, str]]:
+    """(full path, class name, source, round, role) of every labeled image, by id."""
+    rows = conn.execute(
+        "SELECT roots.path || '/' || images.path, classes.name, labels.source, labels.round, images.role "
+        "FROM labels JOIN images ON images.id = labels.image_id JOIN roots ON roots.id = images.root_id "
+        "JOIN classes ON classes.id = labels.class_id ORDER BY images.id"
+    )
+    return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
 # ---- writing (call inside ``transaction``)
@@ -223,18 +303,56 @@ def root_id(conn: sqlite3.Connection, root: Path) -> int:
     return int(conn.execute("SELECT id FROM roots WHERE path = ?", (str(root),)).fetchone()[0])
 
 
-def add_images(conn: sqlite3.Connection, root: int, role: str, files: list[tuple[str, int, int, str]]) -> int:
-    """Register (relative path, size, mtime_ns, sha256) files under a root; ones already there are kept."""
+def add_images(conn: sqlite3.Connection, root: int, role: str, files: list[tuple[str, int, int, int, str]]) -> int:
+    """Register (relative path, size, mtime_ns, ctime_ns, sha256) files under a root; ones already there are kept."""
     before = conn.total_changes
     conn.executemany(
-        "INSERT OR IGNORE INTO images (root_id, path, role, size, mtime_ns, sha256) VALUES (?, ?, ?, ?, ?, ?)",
-        [(root, path, role, size, mtime, digest) for path, size, mtime, digest in files],
+        "INSERT OR IGNORE INTO images (root_id, path, role, size, mtime_ns, ctime_ns, sha256) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(root, path, role, size, mtime, ctime, digest) for path, size, mtime, ctime, digest in files],
     )
     return conn.total_changes - before
 
 
+def update_fingerprints(conn: sqlite3.Connection, prints: list[tuple[int, int, int, int, str]]) -> None:
+    """(image id, size, mtime_ns, ctime_ns, sha256): the file's fingerprint now (same bytes, or accepted ones)."""
+    conn.executemany(
+        "UPDATE images SET size = ?, mtime_ns = ?, ctime_ns = ?, sha256 = ? WHERE id = ?",
+        [(size, mtime, ctime, digest, image) for image, size, mtime, ctime, digest in prints],
+    )
+
+
+def roots(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """Each registered root folder and the roles of the images under it."""
+    found: dict[str, set[str]] = {}
+    for path, role in conn.execute(
+        "SELECT roots.path, images.role FROM roots LEFT JOIN images ON images.root_id = roots.id "
+        "GROUP BY roots.id, images.role"
+    ):
+        found.setdefault(path, set()).update([role] if role else [])
+    return found
+
+
+def images_under(conn: sqlite3.Connection, root: Path) -> list[ImageRow]:
+    return images(conn, "WHERE roots.path = ?", (str(root),))
+
+
+def duplicate_contents(conn: sqlite3.Connection) -> list[list[ImageRow]]:
+    """Groups of registered images with the same sha256 (copies, hard links, symlinks of one file)."""
+    rows = images(conn, "WHERE images.sha256 IN (SELECT sha256 FROM images GROUP BY sha256 HAVING COUNT(*) > 1)")
+    groups: dict[str, list[ImageRow]] = {}
+    for row in rows:
+        groups.setdefault(row.sha256, []).append(row)
+    return list(groups.values())
+
+
 def image_id(conn: sqlite3.Connection, root: int, path: str) -> int:
     return int(conn.execute("SELECT id FROM images WHERE root_id = ? AND path = ?", (root, path)).fetchone()[0])
+
+
+def now() -> str:
+    """The time stamp labels carry (UTC, ISO 8601 with milliseconds, as SQLite's default writes it)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def set_labels(conn: sqlite3.Connection, rows: list[tuple[int, str, str, int | None, str | None, str | None]]) -> None:
@@ -247,6 +365,18 @@ def set_labels(conn: sqlite3.Connection, rows: list[tuple[int, str, str, int | N
         "round = excluded.round, time = excluded.time, annotator = excluded.annotator",
         [(image, class_ids[name], source, round_, time, who) for image, name, source, round_, time, who in rows],
     )
+
+
+def skip(conn: sqlite3.Connection, image: int, round_index: int) -> None:
+    """The page skipped an image of ``round_index``'s batch: it goes last until a newer round."""
+    conn.execute(
+        "INSERT INTO skipped (image_id, round) VALUES (?, ?) ON CONFLICT(image_id) DO UPDATE SET round = ?",
+        (image, round_index, round_index),
+    )
+
+
+def skipped_in(conn: sqlite3.Connection, round_index: int) -> set[int]:
+    return {row[0] for row in conn.execute("SELECT image_id FROM skipped WHERE round = ?", (round_index,))}
 
 
 def add_round(conn: sqlite3.Connection, record: dict[str, object], queried: list[tuple[object, ...]]) -> None:

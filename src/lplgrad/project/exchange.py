@@ -12,15 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
-from lplgrad.errors import UserError
+from lplgrad.errors import UserError, quoted
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files serving
+CHOICES_NAME = "choice"  # the name of the Choices in the labeling config lplgrad writes
 BATCH_COLUMNS = ["id", "path", "label", "suggested_label", "confidence", "score", "rank"]
 ID_COLUMNS = ("lplgrad_id", "id", "image_id")
 PATH_COLUMNS = ("path", "image", "file", "filename")
@@ -72,6 +74,8 @@ def parse_label_studio_json(name: str, text: str) -> list[LabelRecord]:
         items = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{name} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise UserError(f"{name}: JSON nested too deep to be a Label Studio export") from None
     if isinstance(items, dict):
         items = [items]
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -118,25 +122,41 @@ def _full_json_task(task: dict[str, Any], where: str) -> list[LabelRecord]:
 
 
 def _choice_of(result: list[dict[str, Any]], where: str) -> str | None:
-    for region in result:
-        choices = (region.get("value") or {}).get("choices")
-        if choices:
-            if not isinstance(choices, list) or len(choices) != 1:
-                raise UserError(f"{where}: one class per image expected, got {choices}")
-            return str(choices[0])
+    """The class chosen in the project's ``Choices`` (named CHOICES_NAME in the config lplgrad writes);
+    a result from another config with one ``Choices`` of another name is read too, but with several
+    the one that is not ours is never taken."""
+    picked = [r for r in result if isinstance(r, dict) and (r.get("value") or {}).get("choices")]
+    names = sorted({str(r.get("from_name")) for r in picked})
+    ours = [r for r in picked if r.get("from_name") == CHOICES_NAME]
+    if not ours and len(names) > 1:
+        raise UserError(
+            f"{where}: answers from several Choices ({', '.join(names)}) and none named {CHOICES_NAME!r}, "
+            "the one in lplgrad's labeling config"
+        )
+    for region in ours or picked:
+        choices = region["value"]["choices"]
+        if not isinstance(choices, list) or len(choices) != 1:
+            raise UserError(f"{where}: one class per image expected, got {quoted(choices)}")
+        return _class_name(choices[0], where)
     return None
+
+
+def _class_name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: a class name must be text, got {quoted(value)}")
+    return unicodedata.normalize("NFC", value.strip())
 
 
 def _min_json_record(item: dict[str, Any], where: str) -> LabelRecord:
     image_id, path = _task_reference(item, where)
     label = next((item[k] for k in LABEL_COLUMNS if item.get(k) not in (None, "")), None)
     if isinstance(label, list):  # several Choices selected
-        raise UserError(f"{where}: one class per image expected, got {label}")
+        raise UserError(f"{where}: one class per image expected, got {quoted(label)}")
     annotator = item.get("annotator")
     return LabelRecord(
         image_id,
         path,
-        None if label is None else str(label),
+        None if label is None else _class_name(label, where),
         None if annotator is None else str(annotator),
         item.get("updated_at") or item.get("created_at"),
         where,
@@ -160,19 +180,24 @@ def parse_csv(name: str, text: str) -> ParsedFile:
         )
     records = []
     for number, raw in enumerate(reader, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if isinstance(v, str | None)}
-        if not any(row.values()):
+        # Paths are kept exactly (a file name may begin with a space); other cells are stripped.
+        cells = {
+            (k or "").strip().lower(): from_spreadsheet(v or "") for k, v in raw.items() if isinstance(v, str | None)
+        }
+        row = {k: v if k == path_column else v.strip() for k, v in cells.items()}
+        if not any(v.strip() for v in row.values()):
             continue  # a blank line
         where = f"{name} line {number}"
         image_id = _as_id(row.get(id_column) if id_column else None, where)
         path = row.get(path_column) if path_column else None
         if path and source == "label-studio":
             path = path_from_url(path)
+        label = row.get(label_column) or None
         records.append(
             LabelRecord(
                 image_id,
                 path or None,
-                row.get(label_column) or None,
+                None if label is None else _class_name(label, where),
                 row.get("annotator") or None,
                 row.get("updated_at") or row.get("created_at") or None,
                 where,
@@ -182,12 +207,15 @@ def parse_csv(name: str, text: str) -> ParsedFile:
 
 
 def _as_id(value: Any, where: str) -> int | None:
-    if value in (None, ""):
+    """An image id: a JSON integer, or a CSV cell of decimal digits; 11.7, true, "1e3" or Infinity are
+    refused, never rounded or coerced to another image."""
+    if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{where}: image id {value!r} is not a number") from None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise UserError(f"{where}: image id {quoted(value)} is not a positive integer")
+    return value
 
 
 def path_from_url(url: str) -> str:
@@ -213,18 +241,39 @@ class BatchItem:
     rank: int
 
 
+def csv_writer(out: io.StringIO) -> Any:
+    """RFC 4180 CSV: CRLF line ends, so a field holding a lone CR or LF is quoted (with "\\n" ends
+    Python's writer leaves a CR unquoted, and the row splits when it is read back)."""
+    return csv.writer(out, lineterminator="\r\n")
+
+
+# OWASP's CSV injection advice: a cell a spreadsheet would evaluate (it starts with one of these)
+# is written with a leading apostrophe, which spreadsheets read as "this is text" and do not show.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str) -> str:
+    """``value`` safe to open in a spreadsheet; ``from_spreadsheet`` reads it back exactly."""
+    return "'" + value if value.startswith(FORMULA_STARTS) or value.startswith("'") else value
+
+
+def from_spreadsheet(value: str) -> str:
+    """Undo ``spreadsheet_text`` (an apostrophe before a formula start or another apostrophe)."""
+    return value[1:] if value.startswith("'") and value[1:].startswith((*FORMULA_STARTS, "'")) else value
+
+
 def batch_csv(items: Iterable[BatchItem]) -> str:
     """batch.csv: one row per image, the label column empty for the person to fill."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv_writer(out)
     writer.writerow(BATCH_COLUMNS)
     for item in items:
         writer.writerow(
             [
                 item.image_id,
-                item.path,
+                spreadsheet_text(item.path),
                 "",
-                item.suggested_label or "",
+                spreadsheet_text(item.suggested_label or ""),
                 "" if item.confidence is None else f"{item.confidence:.4f}",
                 "" if item.score is None else f"{item.score:.6g}",
                 item.rank,
@@ -248,7 +297,7 @@ def label_studio_tasks(items: Iterable[BatchItem], model_version: str, url_prefi
                         {
                             "id": f"p{item.image_id}",
                             "type": "choices",
-                            "from_name": "choice",
+                            "from_name": CHOICES_NAME,
                             "to_name": "image",
                             "value": {"choices": [item.suggested_label]},
                         }
@@ -262,6 +311,5 @@ def label_studio_tasks(items: Iterable[BatchItem], model_version: str, url_prefi
 def label_studio_config(classes: list[str]) -> str:
     """The labeling config to paste into a Label Studio project: one image, one choice among the classes."""
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
-    return (
-        f'<View><Image name="image" value="$image"/><Choices name="choice" toName="image">{choices}</Choices></View>\n'
-    )
+    controls = f'<Choices name="{CHOICES_NAME}" toName="image">{choices}</Choices>'
+    return f'<View><Image name="image" value="$image"/>{controls}</View>\n'

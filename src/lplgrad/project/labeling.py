@@ -1,22 +1,44 @@
-"""One answer at a time, for the web page: the current batch, answering, undoing, and what the
-dashboard shows. Each change is its own short transaction (no project lock), so a person can keep
-labeling while a round trains, and the CLI and the page can work on one project together."""
+"""One answer at a time, for the web page: the current batch, answering, skipping, undoing, and what
+the dashboard shows. Each change is its own short transaction (no project lock), so a person can keep
+labeling while a round trains, and the CLI and the page can work on one project together.
+
+The page never changes a label it did not write: an answer on an image that is labeled already (by
+an import, an initial tree, another page) is refused, and an undo removes the page's own answer only
+while that answer is still the image's label."""
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections import Counter
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lplgrad.errors import UserError
+from lplgrad.errors import UserError, quoted
 from lplgrad.project import db
+from lplgrad.project.images import ImageRefused, registered_bytes
+
+
+class Conflict(UserError):
+    """The request was well formed, but the project's state refuses it (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A label the page wrote, as undo must find it still: which image, which class, at what time."""
+
+    image: int
+    label: str
+    time: str
 
 
 def current_batch(project: Path) -> list[dict[str, Any]]:
-    """The newest round's queried images in rank order, each with its label (if answered), after
-    the images still unlabeled from earlier rounds (so a batch left half done is not lost)."""
-    with closing(db.connect(project)) as conn:
+    """What the page shows, in the order it shows it: the newest round's queried images by rank (the
+    newest model's choice), then the images still unlabeled from earlier rounds by round and rank (a
+    batch left half done is not lost). Images skipped in the newest round go after the others."""
+    with closing(db.connect(project, readonly=True)) as conn:
         rounds = db.rounds(conn)
         if not rounds:
             return []
@@ -24,67 +46,91 @@ def current_batch(project: Path) -> list[dict[str, Any]]:
         queried = conn.execute("SELECT * FROM queried ORDER BY round, rank").fetchall()
         images = {row.id: row for row in db.images(conn, "WHERE images.id IN (SELECT image_id FROM queried)")}
         names = dict(conn.execute("SELECT id, name FROM classes").fetchall())
-        shown = [q for q in queried if q["round"] == latest or images[q["image_id"]].label is None]
-        return [
-            {
-                "id": q["image_id"],
-                "path": images[q["image_id"]].path,
-                "rank": q["rank"],
-                "round": q["round"],
-                "suggested": names.get(q["suggested_class_id"]),
-                "confidence": q["confidence"],
-                "label": images[q["image_id"]].label,
-            }
-            for q in shown
-        ]
+        skipped = db.skipped_in(conn, latest)
+    newest = [q for q in queried if q["round"] == latest]
+    earlier = [q for q in queried if q["round"] != latest and images[q["image_id"]].label is None]
+    earlier = [q for q in earlier if q["image_id"] not in {n["image_id"] for n in newest}]
+    items = [
+        {
+            "id": q["image_id"],
+            "path": images[q["image_id"]].path,
+            "rank": q["rank"],
+            "round": q["round"],
+            "suggested": names.get(q["suggested_class_id"]),
+            "confidence": q["confidence"],
+            "label": images[q["image_id"]].label,
+            "skipped": q["image_id"] in skipped,
+        }
+        for q in newest + earlier
+    ]
+    return [i for i in items if not i["skipped"]] + [i for i in items if i["skipped"]]
 
 
-def answer(project: Path, image: int, label: str, annotator: str | None = None) -> dict[str, Any] | None:
-    """Label one pool image (source 'web'); returns its label as it was before, for undo."""
-    conn = db.connect(project)
-    try:
+def answer(project: Path, image: int, label: str, annotator: str | None = None) -> Answer:
+    """Label one unlabeled pool image (source 'web'); returns what undo needs to take it back."""
+    label = unicodedata.normalize("NFC", label)
+    with closing(db.connect(project)) as conn:
         if label not in db.classes(conn):
-            raise UserError(f"unknown class {label!r}")
-        rows = db.images(conn, "WHERE images.id = ? AND images.role = 'pool'", (image,))
-        if not rows:
-            raise UserError(f"no image with id {image} to label")
+            raise UserError(f"unknown class {quoted(label)}")
         with db.transaction(conn):
-            previous = db.label_of(conn, image)
-            db.set_labels(conn, [(image, label, "web", db.last_round(conn, image), None, annotator)])
-        return previous
-    finally:
-        conn.close()
+            rows = db.images(conn, "WHERE images.id = ? AND images.role = 'pool'", (image,))
+            if not rows:
+                raise UserError(f"no image with id {image} to label")
+            current = db.label_of(conn, image)
+            if current is not None:
+                raise Conflict(
+                    f"image {image} is already labeled {quoted(current['label'])} ({current['source']}); "
+                    "the page does not change labels: use lplgrad import --relabel"
+                )
+            written = Answer(image, label, db.now())
+            db.set_labels(conn, [(image, label, "web", db.last_round(conn, image), written.time, annotator)])
+    return written
 
 
-def undo(project: Path, image: int, previous: dict[str, Any] | None) -> None:
-    """Put an image's label back as ``answer`` found it."""
-    conn = db.connect(project)
-    try:
-        with db.transaction(conn):
-            db.restore_label(conn, image, previous)
-    finally:
-        conn.close()
+def undo(project: Path, done: Answer) -> None:
+    """Take back one of the page's answers, if it is still the image's label (else a Conflict)."""
+    with closing(db.connect(project)) as conn, db.transaction(conn):
+        current = db.label_of(conn, done.image)
+        ours = current is not None and (current["label"], current["source"], current["time"]) == (
+            done.label,
+            "web",
+            done.time,
+        )
+        if not ours:
+            now = "unlabeled" if current is None else f"{quoted(current['label'])} ({current['source']})"
+            raise Conflict(f"image {done.image} changed since the page labeled it (now {now}); nothing undone")
+        db.restore_label(conn, done.image, None)
 
 
-def image_file(project: Path, image: int) -> Path | None:
-    """The file of a registered image, by id only (never from a path a request gives)."""
-    conn = db.connect(project)
-    try:
+def skip(project: Path, image: int) -> None:
+    """Skip an image of the current batch until the next round (it goes to the end of the batch)."""
+    with closing(db.connect(project)) as conn, db.transaction(conn):
+        rounds = db.rounds(conn)
+        if not rounds or db.last_round(conn, image) is None:
+            raise UserError(f"image {image} is in no batch")
+        db.skip(conn, image, int(rounds[-1]["round"]))
+
+
+def image_bytes(project: Path, image: int) -> tuple[bytes, str]:
+    """(the registered bytes, the file's suffix) of an image, by id only (never from a path a request
+    gives); raises ``ImageRefused`` when the file is gone or is not the one registered."""
+    with closing(db.connect(project, readonly=True)) as conn:
         rows = db.images(conn, "WHERE images.id = ?", (image,))
-        return rows[0].full_path if rows else None
-    finally:
-        conn.close()
+    if not rows:
+        raise ImageRefused(404, f"no image {image}")
+    return registered_bytes(rows[0]), Path(rows[0].path).suffix.lower()
 
 
 def dashboard(project: Path) -> dict[str, Any]:
-    """Labels per class, accuracy per round, and the classes each round's queried images turned out to be."""
-    conn = db.connect(project)
-    try:
+    """Labels per class, accuracy (overall and per class) per round, and the classes each round's
+    queried images turned out to be, in the project's class order."""
+    with closing(db.connect(project, readonly=True)) as conn:
+        names = db.classes(conn)
         found: dict[int, Counter[str]] = {}
         for round_index, name in db.queried_labels(conn):
             found.setdefault(round_index, Counter())[name] += 1
         return {
-            "classes": db.classes(conn),
+            "classes": names,
             "per_class": db.labels_per_class(conn),
             "rounds": [
                 {
@@ -93,10 +139,16 @@ def dashboard(project: Path) -> dict[str, Any]:
                     "labeled": r["labeled"],
                     "accuracy": r["accuracy"],
                     "accuracy_on": r["accuracy_on"],
-                    "found": dict(found.get(int(r["round"]), {})),
+                    "per_class_accuracy": per_class_accuracy(r, names),
+                    "found": {n: c for n in names if (c := found.get(int(r["round"]), Counter())[n])},
                 }
                 for r in db.rounds(conn)
             ],
         }
-    finally:
-        conn.close()
+
+
+def per_class_accuracy(round_row: dict[str, Any], names: list[str]) -> dict[str, float | None]:
+    """A round's accuracy per class name (None for a class absent from the images it was measured on)."""
+    stored = round_row.get("per_class_accuracy")
+    values = json.loads(stored) if stored else [None] * len(names)
+    return dict(zip(names, values, strict=False))

@@ -8,6 +8,7 @@ unlabeled pool are decoded, so memory follows the subset, not the pool.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,13 +28,22 @@ from lplgrad.errors import UserError
 from lplgrad.experiment import make_strategy, resolve_device
 from lplgrad.folder_lock import folder_lock
 from lplgrad.inference import evaluate, predict
-from lplgrad.loop import SEED_INIT, SEED_QUERY, SEED_SUBSET, SEED_TRAIN, build_models, derive_seed, model_stem
+from lplgrad.loop import (
+    SEED_HOLDOUT,
+    SEED_INIT,
+    SEED_QUERY,
+    SEED_SUBSET,
+    SEED_TRAIN,
+    build_models,
+    derive_seed,
+    model_stem,
+)
 from lplgrad.project import db
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem, batch_csv, label_studio_config, label_studio_tasks
-from lplgrad.project.images import decode, project_keys
+from lplgrad.project.images import check_unchanged, decode, moved_fingerprints, project_keys
 from lplgrad.project.settings import read_settings
 from lplgrad.strategies import QueryContext, Strategy
-from lplgrad.train import fit
+from lplgrad.train import TrainingDiverged, fit
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,7 @@ class _Trained:
     items: list[BatchItem]
     strategy: str
     accuracy: float | None = None
+    per_class_accuracy: list[float | None] | None = None
     accuracy_on: str | None = None
     model_file: str | None = None
     train_seconds: float = 0.0
@@ -93,8 +104,7 @@ def query(
             strategy = make_strategy(name, inputs.config.active)
             started = datetime.now(UTC).isoformat()
             if inputs.labeled:
-                report = on_progress or (lambda message: None)
-                done = _train_and_select(project, inputs, strategy, name, k, report)
+                done = _train_and_select(project, inputs, strategy, name, k, on_progress)
             else:
                 done = _Trained(_cold_start(inputs.candidates, k), "random (cold start)")
             round_index, labeled = inputs.round_index, len(inputs.labeled)
@@ -111,6 +121,9 @@ def query(
                     "queried": len(done.items),
                     "accuracy": done.accuracy,
                     "accuracy_on": done.accuracy_on,
+                    "per_class_accuracy": None
+                    if done.per_class_accuracy is None
+                    else json.dumps(done.per_class_accuracy),
                     "train_seconds": round(done.train_seconds, 3),
                     "query_seconds": round(done.query_seconds, 3),
                     "started": started,
@@ -156,12 +169,21 @@ def _read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_p
         include_pending,
         derive_seed(config.seed, round_index, SEED_SUBSET),
     )
+    labeled = [row for row in pool if row.label is not None]
+    test_rows = db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
+    used = labeled + candidates + test_rows
+    checked = check_unchanged(used)  # a changed file is an error here, before any training
+    moved = moved_fingerprints(used, checked)
+    if moved:  # the same bytes under a new stat (a restore, a copy): remember it, so they are hashed once
+        with db.transaction(conn):
+            db.update_fingerprints(conn, moved)
+    n_labeled, n_candidates = len(labeled), len(candidates)
     return _Inputs(
         config,
         round_index,
-        [row for row in pool if row.label is not None],
-        candidates,
-        db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL"),
+        checked[:n_labeled],
+        checked[n_labeled : n_labeled + n_candidates],
+        checked[n_labeled + n_candidates :],
         db.classes(conn),
         int(db.setting(conn, "image_size") or 64),
     )
@@ -183,11 +205,21 @@ def _candidates(
 
 
 def _train_and_select(
-    project: Path, inputs: _Inputs, strategy: Strategy, name: str, k: int, report: Callable[[str], None]
+    project: Path,
+    inputs: _Inputs,
+    strategy: Strategy,
+    name: str,
+    k: int,
+    on_progress: Callable[[str], None] | None,
 ) -> _Trained:
-    """Fit on the labeled images, measure, save the model, and let the strategy pick k candidates."""
+    """Fit on the labeled images, measure, save the model, and let the strategy pick k candidates.
+    Each phase is a line for ``on_progress`` (the page), else a log line (the CLI, which also shows a
+    bar of training steps on a terminal); the page also gets a line per epoch."""
     config, round_index, labeled, candidates = inputs.config, inputs.round_index, inputs.labeled, inputs.candidates
+    report = on_progress or log.info
+    on_epoch = None if on_progress is None else lambda e, n: on_progress(f"round {round_index}: epoch {e} of {n}")
     seed, classes, size, test_rows = config.seed, inputs.classes, inputs.image_size, inputs.test_rows
+    report(f"round {round_index}: decoding {len(labeled)} labeled and {len(candidates)} candidate images")
     dataset, train_ids, test_note = _dataset(labeled, candidates, test_rows, classes, size, seed, round_index)
     device = resolve_device(config.device)
     model, aux_model = build_models(config, dataset, derive_seed(seed, round_index, SEED_INIT), device)
@@ -195,29 +227,33 @@ def _train_and_select(
     aux = aux_model if strategy.uses_aux_model else None
     start = time.perf_counter()
     train_seed = derive_seed(seed, round_index, SEED_TRAIN)
-    report(f"decoded {len(labeled)} labeled and {len(candidates)} candidate images; training")
-    fit(
-        model,
-        dataset,
-        train_ids,
-        config.train,
-        train_seed,
-        aux,
-        progress=True,
-        description=f"round {round_index}",
-        on_epoch=lambda epoch, epochs: report(f"training: epoch {epoch} of {epochs}"),
-    )
+    report(f"round {round_index}: training on {len(train_ids)} labeled images")
+    try:
+        fit(
+            model,
+            dataset,
+            train_ids,
+            config.train,
+            train_seed,
+            aux,
+            progress=True,
+            description=f"round {round_index}",
+            on_epoch=on_epoch,
+        )
+    except TrainingDiverged as error:
+        raise UserError(f"round {round_index} was not recorded: {error}") from None
     train_seconds = time.perf_counter() - start
-    accuracy = evaluate(model, dataset)[0] if test_note else None
+    accuracy, per_class = evaluate(model, dataset, config.train.eval_batch_size) if test_note else (None, None)
     model_file = f"models/round-{round_index}.pt"
     if is_writer():
         save_atomic(project / model_file, _model_state(model, aux_model, config, dataset, size))
-    report(f"scoring {len(candidates)} candidates ({name})")
+    report(f"round {round_index}: scoring {len(candidates)} candidates ({name})")
     start = time.perf_counter()
     candidate_ids = torch.arange(len(labeled), len(labeled) + len(candidates))
     query_seed = derive_seed(seed, round_index, SEED_QUERY)
     items = _select(strategy, model, aux, dataset, train_ids, candidate_ids, candidates, classes, k, config, query_seed)
-    return _Trained(items, name, accuracy, test_note, model_file, train_seconds, time.perf_counter() - start)
+    query_seconds = time.perf_counter() - start
+    return _Trained(items, name, accuracy, per_class, test_note, model_file, train_seconds, query_seconds)
 
 
 def _cold_start(candidates: list[db.ImageRow], k: int) -> list[BatchItem]:
@@ -248,7 +284,9 @@ def _dataset(
         test = Split(decode(test_rows, size), torch.tensor([index[r.label] for r in test_rows if r.label]))
         note = "test"
     elif len(labeled) >= MIN_FOR_HOLDOUT:
-        order = torch.randperm(len(labeled), generator=torch.Generator().manual_seed(derive_seed(seed, round_index, 7)))
+        order = torch.randperm(
+            len(labeled), generator=torch.Generator().manual_seed(derive_seed(seed, round_index, SEED_HOLDOUT))
+        )
         held = order[: max(1, int(HOLDOUT_FRACTION * len(labeled)))]
         train_ids = order[len(held) :].sort().values
         test = Split(images[held], labels[held])

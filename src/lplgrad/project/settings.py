@@ -1,5 +1,7 @@
 """A project's training settings: DIR/config.toml, the run configuration's schema with the labeling
-defaults below under the user's values (``--config``, flags, ``--set``)."""
+defaults below under the user's values (``--config``, flags, ``--set``). Only the keys a project uses
+are written; benchmark keys (initial set, rounds, budget, trials, the dataset's root) are refused at
+``init`` and ignored in an older project's file that still lists them."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from lplgrad.atomic_io import write_atomic
-from lplgrad.config import RunConfig, resolve
+from lplgrad.config import RunConfig, resolve, to_dict
 from lplgrad.config_files import read_toml, to_toml
+from lplgrad.errors import UserError
 
 CONFIG_FILE = "config.toml"
+DEFAULT_BATCH = 20  # images per batch of `lplgrad query` and of the page: small batches, fresher models
 
 # Labeling starts small. The recipe measured best at 100, 500 and 2,000 labeled CIFAR-10 images
 # (docs/results/training-recipes): a 300-step floor, so a round on 20 labels is not 20 steps of
@@ -27,14 +31,27 @@ PROJECT_DEFAULTS: dict[str, Any] = {
     "active.strategies": ["lplgrad"],
 }
 
+# A project's labeled set, rounds and images come from the person and the database, not from these.
+BENCHMARK_KEYS = frozenset(
+    [f"data.{k}" for k in to_dict(RunConfig())["data"] if k not in ("name", "image_size")]
+    + [f"active.{k}" for k in ("trials", "initial_size", "query_size", "rounds", "budget", "trial_offset")]
+    + ["save_artifacts"]
+)
+
 
 def resolve_settings(values: dict[str, Any]) -> RunConfig:
+    """The settings of a new project: its defaults under ``values``, which may not name a benchmark key."""
+    given = [key for key in values if key in BENCHMARK_KEYS]
+    if given:
+        raise UserError(f"{', '.join(sorted(given))}: not a setting of a labeling project (only `lplgrad run` uses it)")
     return resolve({**PROJECT_DEFAULTS, **values})
 
 
 def read_settings(project: Path) -> RunConfig:
-    return resolve_settings(read_toml(project / CONFIG_FILE))
+    values = read_toml(project / CONFIG_FILE)
+    return resolve({**PROJECT_DEFAULTS, **{k: v for k, v in values.items() if k not in BENCHMARK_KEYS}})
 
 
 def write_settings(project: Path, config: RunConfig) -> None:
-    write_atomic(project / CONFIG_FILE, to_toml(config))
+    # data.image_size lives in the database (the size the images were registered at), data.name is "project"
+    write_atomic(project / CONFIG_FILE, to_toml(config, leave_out=BENCHMARK_KEYS | {"data.name", "data.image_size"}))

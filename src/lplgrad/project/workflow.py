@@ -13,22 +13,25 @@ import io
 import logging
 import os
 import shutil
+import unicodedata
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lplgrad.atomic_io import write_atomic
-from lplgrad.errors import UserError
+from lplgrad.errors import UserError, quoted
 from lplgrad.folder_lock import folder_lock
 from lplgrad.project import db
-from lplgrad.project.exchange import LabelRecord, parse_file
-from lplgrad.project.images import find_images, project_image_size, register
+from lplgrad.project.exchange import LabelRecord, parse_file, spreadsheet_text
+from lplgrad.project.images import find_images, moved_files, project_image_size, register
+from lplgrad.project.labeling import per_class_accuracy
 from lplgrad.project.settings import resolve_settings, write_settings
 
 log = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped_files.txt"
+DUPLICATES_FILE = "duplicates.txt"
 
 
 def init(
@@ -43,7 +46,7 @@ def init(
     """Make a project: register the images (and an already labeled tree, and a test tree), the
     classes and the settings. Returns counts; refuses a folder that already holds a project."""
     names = _check_classes(classes)
-    if (project / db.DB_FILE).exists() and _has_classes(project):
+    if (project / db.DB_FILE).exists() and _has_classes(project):  # also refuses a 0-byte or foreign file
         raise UserError(f"{project} already holds a project; use lplgrad add to register more images")
     config = resolve_settings(settings or {})
     for tree in (labeled, test):
@@ -72,16 +75,95 @@ def init(
         if skipped:
             write_atomic(project / SKIPPED_FILE, "\n".join(skipped) + "\n")
             log.warning("skipped %d file(s) that could not be decoded (listed in %s)", len(skipped), SKIPPED_FILE)
+        _report_duplicates(conn, project)
     return {**counts, "skipped": len(skipped), "image_size": size}
 
 
-def add(project: Path, images: Path) -> dict[str, int]:
-    """Register the images under ``images`` that the project does not have yet."""
+def add(project: Path, images: Path, accept_changed: bool = False) -> dict[str, int]:
+    """Register the images under ``images`` that the project does not have yet.
+
+    A folder inside a registered pool folder is registered under it (the same image is never
+    registered twice by two paths); a folder that holds or is inside the test images is refused (test
+    images would be queried and trained on); pool folders inside ``images`` are left to their own
+    registration. Registered images under ``images`` whose stat moved are checked by content: the
+    same bytes are simply re-fingerprinted; other bytes are reported, and with ``accept_changed``
+    registered as the image's new content (its label stays; relabel with ``import --relabel``)."""
     db.require_project(project)
+    folder = images.resolve()
     found = _scan(images)
     with folder_lock(project, "project"), closing(db.connect(project)) as conn, db.transaction(conn):
-        added = db.add_images(conn, db.root_id(conn, images.resolve()), "pool", found.files)
-    return {"added": added, "already_registered": len(found.files) - added, "skipped": len(found.bad)}
+        root, prefix, inside = _root_for(folder, db.roots(conn))
+        files = [
+            (f"{prefix}{path}", size, mtime, ctime, digest)
+            for path, size, mtime, ctime, digest in found.files
+            if not any((folder / path).is_relative_to(other) for other in inside)
+        ]
+        added = db.add_images(conn, db.root_id(conn, root), "pool", files)
+        same, changed = _moved_under(conn, folder)
+        db.update_fingerprints(conn, same + (changed if accept_changed else []))
+        _report_duplicates(conn, project)
+    if changed and not accept_changed:
+        log.warning(
+            "%d registered image(s) under %s now hold other bytes (e.g. %s); restore them, or register "
+            "the new content with: lplgrad add %s --images %s --accept-changed",
+            len(changed),
+            images,
+            changed[0][0],
+            project,
+            images,
+        )
+    counts = {"added": added, "already_registered": len(files) - added, "skipped": len(found.bad)}
+    if same:
+        counts["re-fingerprinted (same bytes)"] = len(same)
+    if changed:
+        counts["accepted with new content" if accept_changed else "changed (not accepted)"] = len(changed)
+    return counts
+
+
+def _root_for(folder: Path, registered: dict[str, set[str]]) -> tuple[Path, str, list[Path]]:
+    """(the root to register ``folder``'s images under, the prefix of their paths, the registered pool
+    folders inside ``folder`` whose images are not registered again); a UserError where ``folder``
+    and the test images overlap."""
+    for path, roles in registered.items():
+        root = Path(path)
+        if "test" in roles and (folder == root or root in folder.parents or folder in root.parents):
+            raise UserError(f"{folder} overlaps the test images in {root}; test images are never added to the pool")
+    for path in registered:
+        root = Path(path)
+        if folder == root or root in folder.parents:
+            return root, f"{folder.relative_to(root).as_posix()}/" if folder != root else "", []
+    return folder, "", [Path(p) for p in registered if folder in Path(p).parents]
+
+
+def _moved_under(
+    conn: Any, folder: Path
+) -> tuple[list[tuple[int, int, int, int, str]], list[tuple[int, int, int, int, str]]]:
+    """Registered images under ``folder`` whose stat moved: (fingerprints with the same bytes,
+    fingerprints with other bytes), as (id, size, mtime, ctime, sha256)."""
+    rows = [row for row in db.images(conn) if row.full_path.is_relative_to(folder) and row.full_path.is_file()]
+    same: list[tuple[int, int, int, int, str]] = []
+    changed: list[tuple[int, int, int, int, str]] = []
+    for row, now in moved_files(rows):
+        (same if now[-1] == row.sha256 else changed).append((row.id, *now))
+    return same, changed
+
+
+def _report_duplicates(conn: Any, project: Path) -> None:
+    """Warn about registered images with the same bytes (copies, links), pool images identical to test
+    images above all (they inflate the accuracy), and list them in DIR/duplicates.txt."""
+    groups = db.duplicate_contents(conn)
+    if not groups:
+        (project / DUPLICATES_FILE).unlink(missing_ok=True)
+        return
+    leaks = [g for g in groups if {r.role for r in g} == {"pool", "test"}]
+    lines = [" = ".join(f"{r.role}:{r.full_path}" for r in g) for g in groups]
+    write_atomic(project / DUPLICATES_FILE, "\n".join(lines) + "\n")
+    log.warning(
+        "%d group(s) of registered images hold the same bytes (copies, links)%s; listed in %s",
+        len(groups),
+        f", {len(leaks)} of them a pool image identical to a test image (it inflates the accuracy)" if leaks else "",
+        project / DUPLICATES_FILE,
+    )
 
 
 @dataclass
@@ -121,7 +203,9 @@ def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, 
         if record.label not in names:
             close = difflib.get_close_matches(record.label, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{record.line}: unknown class {record.label!r}{hint}; the classes are {', '.join(names)}")
+            raise UserError(
+                f"{record.line}: unknown class {quoted(record.label)}{hint}; the classes are {', '.join(names)}"
+            )
         answers.setdefault(row.id, []).append(record)
     latest_round = db.last_round_of(conn)
     writes = []
@@ -153,14 +237,14 @@ def _find(record: LabelRecord, by_id: dict[int, db.ImageRow], by_path: dict[str,
         same = record.path in (row.path, str(row.full_path)) or (record.path or "").endswith("/" + row.path)
         if record.path and not same:  # a file from another project?
             raise UserError(
-                f"{record.line}: image id {record.image_id} is {row.path} in this project, but the file says "
-                f"{record.path}; is it an export of another project?"
+                f"{record.line}: image id {record.image_id} is {quoted(row.path)} in this project, but the file says "
+                f"{quoted(record.path)}; is it an export of another project?"
             )
         return row
-    matches = by_path.get(record.path or "", [])
+    matches = by_path.get(record.path or "", []) or by_path.get((record.path or "").strip(), [])
     if len({m.id for m in matches}) != 1:
         what = "no image" if not matches else "several images"
-        raise UserError(f"{record.line}: {what} with path {record.path!r} in this project; give its id")
+        raise UserError(f"{record.line}: {what} with path {quoted(record.path)} in this project; give its id")
     return matches[0]
 
 
@@ -175,55 +259,73 @@ def _resolve_answers(given: list[LabelRecord], on_conflict: str) -> LabelRecord:
     return max(timed, key=lambda g: str(g.time)) if len(timed) == len(given) else given[-1]
 
 
-def status(project: Path) -> dict[str, Any]:
-    """Counts for people and for scripts (``lplgrad status --json``)."""
-    conn = db.connect(project)
-    counted = db.counts(conn)
-    pending = len(db.pending_ids(conn))  # pending images are unlabeled by definition
-    result = {
-        "images": counted["images"],
-        "labeled": counted["labeled"],
-        "pending": pending,
-        "unlabeled": counted["images"] - counted["labeled"] - pending,
-        "test_images": counted["test_images"],
-        "classes": db.classes(conn),
-        "per_class": db.labels_per_class(conn),
-        "rounds": [
-            {k: r[k] for k in ("round", "strategy", "labeled", "queried", "accuracy", "accuracy_on", "finished")}
-            for r in db.rounds(conn)
-        ],
-    }
-    conn.close()
-    return result
+def status(project: Path, check: bool = False) -> dict[str, Any]:
+    """Counts for people and for scripts (``lplgrad status --json``); read-only. With ``check``, the
+    database is checked page by page first (``PRAGMA quick_check``), so damage is reported here."""
+    with closing(db.connect(project, readonly=True)) as conn:
+        if check:
+            db.check_integrity(conn, project)
+        counted = db.counts(conn)
+        pending = len(db.pending_ids(conn))  # pending images are unlabeled by definition
+        names = db.classes(conn)
+        rounds = db.rounds(conn)
+        return {
+            "images": counted["images"],
+            "labeled": counted["labeled"],
+            "pending": pending,
+            "unlabeled": counted["images"] - counted["labeled"] - pending,
+            "test_images": counted["test_images"],
+            "classes": names,
+            "per_class": db.labels_per_class(conn),
+            "rounds": [
+                {k: r[k] for k in ("round", "strategy", "labeled", "queried", "accuracy", "accuracy_on", "finished")}
+                for r in rounds
+            ],
+            # the newest round that measured one: where the weak classes are
+            "per_class_accuracy": next(
+                (per_class_accuracy(r, names) for r in reversed(rounds) if r.get("per_class_accuracy")), {}
+            ),
+        }
 
 
 def export_csv(project: Path, out: Path) -> int:
-    """path, label, source, round of every labeled image (absolute paths)."""
-    conn = db.connect(project)
-    rows = conn.execute(
-        "SELECT roots.path || '/' || images.path, classes.name, labels.source, labels.round, images.role "
-        "FROM labels JOIN images ON images.id = labels.image_id JOIN roots ON roots.id = images.root_id "
-        "JOIN classes ON classes.id = labels.class_id ORDER BY images.id"
-    ).fetchall()
-    conn.close()
+    """path, label, source, round, role of every labeled image (absolute paths); text cells that a
+    spreadsheet would run as a formula are written as text (``exchange.spreadsheet_text``)."""
+    with closing(db.connect(project, readonly=True)) as conn:
+        rows = db.exported_labels(conn)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "label", "source", "round", "role"])
-    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    for path, label, source, round_index, role in rows:
+        writer.writerow([spreadsheet_text(path), spreadsheet_text(label), source, round_index or "", role])
     write_atomic(out, text.getvalue())
     return len(rows)
 
 
+PARTIAL_MARK = ".lplgrad-export-partial"
+
+
 def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
-    """OUT/train/<class>/ (and OUT/test/<class>/ for test images) of symlinks (or copies) of the labeled images."""
+    """OUT/train/<class>/ (and OUT/test/<class>/ for test images) of symlinks (or copies) of the labeled
+    images. Built in OUT.partial and renamed to OUT when complete, so an interrupted export leaves no
+    half-filled OUT, and running it again starts OUT.partial afresh."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} is not an empty folder; choose a new one")
-    conn = db.connect(project)
-    labeled = [row for row in db.images(conn) if row.label is not None]
-    conn.close()
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        if not (partial / PARTIAL_MARK).is_file():
+            raise UserError(f"{partial} exists and is not an unfinished lplgrad export; move it away")
+        shutil.rmtree(partial)
+    with closing(db.connect(project, readonly=True)) as conn:
+        labeled = [row for row in db.images(conn) if row.label is not None]
+    try:
+        partial.mkdir(parents=True)
+        (partial / PARTIAL_MARK).touch()
+    except OSError as error:
+        raise UserError(f"cannot write {partial}: {error.strerror or error}") from None
     for row in labeled:
         split = "train" if row.role == "pool" else "test"
-        target = out / split / row.label / f"{row.id}-{Path(row.path).name}"  # type: ignore[operator]
+        target = partial / split / row.label / f"{row.id}-{Path(row.path).name}"  # type: ignore[operator]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             if copy:
@@ -232,6 +334,10 @@ def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
                 os.symlink(row.full_path, target)
         except OSError as error:
             raise UserError(f"cannot export {row.full_path} to {target}: {error.strerror or error}") from None
+    (partial / PARTIAL_MARK).unlink()
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    partial.rename(out)
     return len(labeled)
 
 
@@ -240,7 +346,7 @@ def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
 
 @dataclass(frozen=True)
 class _Scanned:
-    files: list[tuple[str, int, int, str]]
+    files: list[tuple[str, int, int, int, str]]
     bad: list[str]
     sizes: list[tuple[int, int]]
 
@@ -253,7 +359,7 @@ def _scan(root: Path) -> _Scanned:
     return _Scanned(files, [f"{root}/{b}" for b in bad], sizes)
 
 
-def _add_labeled_tree(conn: Any, tree: Path, role: str, files: list[tuple[str, int, int, str]]) -> int:
+def _add_labeled_tree(conn: Any, tree: Path, role: str, files: list[tuple[str, int, int, int, str]]) -> int:
     """Register a tree of class folders with each image labeled by its folder (source 'initial')."""
     root = db.root_id(conn, tree.resolve())
     db.add_images(conn, root, role, files)
@@ -273,7 +379,7 @@ def _check_separate_roots(trees: list[Path]) -> None:
 
 
 def _check_classes(classes: list[str]) -> list[str]:
-    names = [c.strip() for c in classes if c.strip()]
+    names = [unicodedata.normalize("NFC", c.strip()) for c in classes if c.strip()]
     unsafe = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
     if unsafe:
         raise UserError(f"class names cannot hold / or \\ or start with a dot: {', '.join(unsafe)}")
@@ -297,12 +403,10 @@ def _check_class_tree(tree: Path, names: list[str]) -> None:
 
 
 def _has_classes(project: Path) -> bool:
-    """Whether an init finished here (an interrupted one left at most an empty database)."""
-    conn = db.connect(project)
-    try:
+    """Whether an init finished here (an interrupted one left at most a database with the schema and
+    no classes). A file that is not a project database (0 bytes, another program's) is a UserError."""
+    with closing(db.connect(project)) as conn:
         return bool(db.classes(conn))
-    finally:
-        conn.close()
 
 
 def _read(path: Path | None) -> bytes:

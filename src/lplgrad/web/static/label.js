@@ -4,7 +4,6 @@
 const token = document.querySelector('meta[name="csrf-token"]').content;
 const SHORTCUTS = "123456789abcdefghijklmnopqrvwxy"; // 1-9, then letters; s = skip, u = undo
 let state = null;
-let skipped = new Set(); // ids skipped in this page view: shown again after the others
 let currentId = null;
 let poll = null;
 let busy = false; // a label or undo request in flight: further keys wait, so one press is one answer
@@ -29,17 +28,27 @@ async function refresh() {
   if (!running && poll) { clearInterval(poll); poll = null; }
 }
 
+// The server orders the batch: the newest round's picks by rank, then what is left from earlier
+// rounds, images skipped in this round last (a skip lasts until the next round, across reloads).
 function todo() {
-  const open = state.batch.filter((item) => item.label === null);
-  return open.filter((i) => !skipped.has(i.id)).concat(open.filter((i) => skipped.has(i.id)));
+  return state.batch.filter((item) => item.label === null);
+}
+
+function batchLine() {
+  const rounds = state.dashboard.rounds;
+  if (!rounds.length) return "No batch yet";
+  const latest = rounds[rounds.length - 1].round;
+  const newest = state.batch.filter((i) => i.round === latest);
+  const earlier = state.batch.length - newest.length;
+  const done = newest.filter((i) => i.label !== null).length;
+  const left = earlier ? ` · then ${earlier} left from earlier rounds` : "";
+  return `Round ${latest}: ${done} of ${newest.length} new images labeled${left}`;
 }
 
 function render() {
   const s = state.status;
-  const batchDone = state.batch.filter((i) => i.label !== null).length;
-  const perClass = Object.entries(s.per_class).map(([k, v]) => `${k} ${v}`).join(", ");
   document.getElementById("progress").textContent =
-    `This batch: ${batchDone} of ${state.batch.length} labeled · all: ${s.labeled} of ${s.images} · ${perClass}`;
+    `${batchLine()} · ${s.labeled} of ${s.images} images labeled in all`;
   const open = todo();
   const current = open[0] || null;
   currentId = current ? current.id : null;
@@ -49,9 +58,10 @@ function render() {
     img.hidden = false;
     img.src = `/image/${current.id}`;
     img.alt = `image ${current.id} (${current.path})`;
+    const where = `round ${current.round}, rank ${current.rank}${current.skipped ? " · skipped before" : ""}`;
     caption.textContent = current.suggested
-      ? `model suggests ${current.suggested} (${Math.round(100 * current.confidence)}%) · rank ${current.rank}`
-      : `rank ${current.rank} · no model yet`;
+      ? `model suggests ${current.suggested} (${Math.round(100 * current.confidence)}%) · ${where}`
+      : `${where} · no model yet`;
   } else {
     img.hidden = true;
     caption.textContent = state.batch.length
@@ -63,7 +73,7 @@ function render() {
   document.getElementById("skip").disabled = !current;
   const training = document.getElementById("training");
   const t = state.training;
-  training.textContent = t.error || (t.running ? `Training: ${t.message}` : t.message);
+  training.textContent = t.error || t.message;
   training.className = t.error ? "error" : "";
   document.getElementById("train").disabled = t.running;
   document.getElementById("next").replaceChildren(...open.slice(1, 7).map((item) => {
@@ -94,12 +104,19 @@ function renderClasses(current) {
 function renderDashboard() {
   const perClass = state.dashboard.per_class;
   const most = Math.max(1, ...Object.values(perClass));
-  document.getElementById("per-class").replaceChildren(...Object.entries(perClass).map(([name, count]) => {
+  const measured = state.dashboard.rounds.filter((r) => r.accuracy !== null);
+  const latest = measured.length ? measured[measured.length - 1].per_class_accuracy : {};
+  const head = document.createElement("tr");
+  head.innerHTML = "<th>class</th><th>labeled</th><th></th><th>accuracy</th>";
+  document.getElementById("per-class").replaceChildren(head, ...state.dashboard.classes.map((name) => {
+    const count = perClass[name] || 0;
     const row = document.createElement("tr");
-    row.innerHTML = `<td></td><td></td><td class="bar"><span></span></td>`;
+    row.innerHTML = `<td></td><td></td><td class="bar"><span></span></td><td></td>`;
     row.children[0].textContent = name;
     row.children[1].textContent = count;
     row.querySelector("span").style.width = `${(100 * count) / most}px`;
+    const accuracy = latest[name];
+    row.children[3].textContent = accuracy === null || accuracy === undefined ? "-" : `${Math.round(100 * accuracy)}%`;
     return row;
   }));
   drawAccuracy(state.dashboard.rounds.filter((r) => r.accuracy !== null));
@@ -150,7 +167,6 @@ async function answer(name) {
   busy = true;
   try {
     await post("/api/label", { image: currentId, label: name });
-    skipped.delete(currentId);
   } catch (error) {
     showError(error);
   }
@@ -178,8 +194,19 @@ async function train() {
   } catch (error) {
     showError(error);
   }
-  skipped = new Set();
   await refresh();
+}
+
+async function skip() {
+  if (currentId === null || busy) return;
+  busy = true;
+  try {
+    await post("/api/skip", { image: currentId });
+  } catch (error) {
+    showError(error);
+  }
+  await refresh();
+  busy = false;
 }
 
 function showError(error) {
@@ -191,13 +218,16 @@ function showError(error) {
 document.addEventListener("keydown", (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey || !state) return;
   const key = event.key.toLowerCase();
-  if (key === "s" && currentId !== null) { skipped.add(currentId); render(); return; }
+  if (key === "s") { skip(); return; }
   if (key === "u") { undo(); return; }
   const index = SHORTCUTS.indexOf(key);
   if (index >= 0 && index < state.status.classes.length) answer(state.status.classes[index]);
 });
 
-document.getElementById("skip").addEventListener("click", () => { if (currentId !== null) { skipped.add(currentId); render(); } });
+document.getElementById("skip").addEventListener("click", skip);
+document.getElementById("current-image").addEventListener("error", () => {
+  if (currentId !== null) showError(new Error(`image ${currentId} cannot be shown (changed or moved since it was registered)`));
+});
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("train").addEventListener("click", train);
 refresh();
