@@ -1,8 +1,13 @@
-"""Helpers shared by the tests: a tiny synthetic dataset, so the suite runs in seconds on a CPU."""
+"""Helpers shared by the tests: a tiny synthetic dataset and generated image folders, so the suite
+runs in seconds on a CPU."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
 from lplgrad.data import Augment, Dataset, Split
 
@@ -26,3 +31,22 @@ def make_dataset(num_train: int = 64, num_test: int = 32, classes: int = 4, size
         (0.25, 0.25, 0.25),
         Augment(crop_padding=1, flip=True),
     )
+
+
+CLASSES = ["red", "green", "blue"]
+TINY = ["--set", "train.epochs=2", "--set", "model.width=4", "--set", "train.min_steps=0", "--set", "device=cpu"]
+
+
+def make_images(root: Path, count: int, seed: int = 0, folders: bool = False) -> dict[str, str]:
+    """Class-coloured 12x12 PNGs; returns relative path -> true class."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(count):
+        label = CLASSES[i % 3]
+        pixels = rng.integers(0, 60, (12, 12, 3)).astype(np.uint8)
+        pixels[..., i % 3] += 150
+        relative = f"{label}/{i:03d}.png" if folders else f"{'sub/' if i % 2 else ''}{i:03d}.png"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / relative)
+        truth[relative] = label
+    return truth

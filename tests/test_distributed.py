@@ -143,7 +143,7 @@ def test_a_failing_process_stops_every_process_with_its_message(tmp_path: Path) 
 def test_a_labeling_query_under_torchrun_writes_one_batch_like_one_process(tmp_path: Path) -> None:
     from lplgrad.cli import main
     from lplgrad.project import db
-    from tests.test_project import TINY, make_images
+    from tests.helpers import TINY, make_images
 
     truth = make_images(tmp_path / "pool", 30)
     labels = "path,label\n" + "".join(f"{path},{label}\n" for path, label in list(truth.items())[:12])

@@ -24,7 +24,7 @@ import pytest
 
 from lplgrad.project import db, workflow
 from lplgrad.project.query import query
-from tests.test_project import CLASSES, make_images
+from tests.helpers import CLASSES, make_images
 
 pytestmark = pytest.mark.labelstudio
 TOKEN = "lplgrad-live-test-token"

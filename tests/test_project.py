@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -16,25 +15,9 @@ from lplgrad.errors import UserError
 from lplgrad.folder_lock import folder_lock
 from lplgrad.project import db, workflow
 from lplgrad.project.query import query
+from tests.helpers import CLASSES, TINY, make_images
 
-CLASSES = ["red", "green", "blue"]
 FIXTURES = Path(__file__).parent / "fixtures" / "label-studio"  # real Label Studio 1.23.2 exports (README there)
-TINY = ["--set", "train.epochs=2", "--set", "model.width=4", "--set", "train.min_steps=0", "--set", "device=cpu"]
-
-
-def make_images(root: Path, count: int, seed: int = 0, folders: bool = False) -> dict[str, str]:
-    """Class-coloured 12x12 PNGs; returns relative path -> true class."""
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for i in range(count):
-        label = CLASSES[i % 3]
-        pixels = rng.integers(0, 60, (12, 12, 3)).astype(np.uint8)
-        pixels[..., i % 3] += 150
-        relative = f"{label}/{i:03d}.png" if folders else f"{'sub/' if i % 2 else ''}{i:03d}.png"
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(root / relative)
-        truth[relative] = label
-    return truth
 
 
 def fill(batch: Path, truth: dict[str, str]) -> Path:

@@ -172,7 +172,7 @@ def test_disk_full_keeps_the_previous_state(tmp_path, monkeypatch) -> None:
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full_disk_on_second_checkpoint)
-    with pytest.raises(StorageError, match="the disk is full; the run folder still holds its last finished round"):
+    with pytest.raises(StorageError, match="the disk is full; what was written before is still whole"):
         run_experiment(config, tmp_path)
     state = load_checkpoint(tmp_path, "random", 0)
     assert state is not None and state["round"] == 0  # the first checkpoint, intact

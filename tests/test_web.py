@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from lplgrad.project import workflow
 from lplgrad.project.query import query
 from lplgrad.web.app import create_app
-from tests.test_project import CLASSES, make_images
+from tests.helpers import CLASSES, make_images
 
 TINY = {"train.epochs": 1, "model.width": 4, "train.min_steps": 0, "device": "cpu"}
 

@@ -19,7 +19,7 @@ import pytest
 
 from lplgrad.project import db, workflow
 from lplgrad.project.query import query
-from tests.test_project import CLASSES, make_images
+from tests.helpers import CLASSES, make_images
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -79,6 +79,7 @@ def browser():  # type: ignore[no-untyped-def]
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM or "/usr/bin/chromium"
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read by the test
     for flag in (
         "--headless=new",
         "--no-sandbox",
@@ -108,21 +109,31 @@ def progress(driver) -> str:  # type: ignore[no-untyped-def]
     return driver.find_element("id", "progress").text
 
 
+def current_image(driver) -> str:  # type: ignore[no-untyped-def]
+    return driver.find_element("id", "current-image").get_attribute("src")
+
+
 def test_label_by_keyboard_undo_reload_and_train(server, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
     project, url = server
     browser.get(url)
-    wait_for(browser, lambda d: "This batch: 0 of 12 labeled" in progress(d))
+    wait_for(browser, lambda d: "Round 1: 0 of 12 new images labeled" in progress(d))
     keys = ActionChains(browser)
     for number in range(10):
         keys.send_keys(str(1 + number % 3)).perform()
-        wait_for(browser, lambda d, n=number: f"This batch: {n + 1} of 12 labeled" in progress(d))
+        wait_for(browser, lambda d, n=number: f"Round 1: {n + 1} of 12 new images labeled" in progress(d))
     keys.send_keys("u").perform()
-    wait_for(browser, lambda d: "This batch: 9 of 12 labeled" in progress(d))
+    wait_for(browser, lambda d: "Round 1: 9 of 12 new images labeled" in progress(d))
+    shown = current_image(browser)
+    keys.send_keys("s").perform()  # skipped: it goes last, and stays last after a reload
+    wait_for(browser, lambda d: current_image(d) != shown)
+    after_skip = current_image(browser)
 
-    browser.refresh()  # nothing lost: every answer is in the database already
-    wait_for(browser, lambda d: "This batch: 9 of 12 labeled" in progress(d))
+    browser.refresh()  # nothing lost: every answer and the skip are in the database already
+    wait_for(browser, lambda d: "Round 1: 9 of 12 new images labeled" in progress(d))
+    assert current_image(browser) == after_skip
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]  # no 404, no script error
     conn = db.connect(project)
     assert conn.execute("SELECT COUNT(*) FROM labels WHERE source = 'web'").fetchone()[0] == 9
     conn.close()
@@ -130,10 +141,17 @@ def test_label_by_keyboard_undo_reload_and_train(server, browser, tmp_path: Path
     screenshots.mkdir(parents=True, exist_ok=True)
 
     browser.find_element("id", "train").click()
-    # the 6 new images after the 3 left unlabeled from round 1
-    wait_for(browser, lambda d: "This batch: 0 of 9 labeled" in progress(d), timeout=120)
+    # the 6 new images, then the 3 left unlabeled from round 1
+    wait_for(
+        browser, lambda d: "Round 2: 0 of 6 new images labeled · then 3 left from earlier rounds" in progress(d), 120
+    )
     wait_for(browser, lambda d: len(d.find_elements("css selector", "#accuracy circle")) == 1)
     assert "round 2 ready" in browser.find_element("id", "training").text
+    accuracy_cells = [
+        row.find_elements("tag name", "td")[-1].text
+        for row in browser.find_elements("css selector", "#per-class tr")[1:]
+    ]
+    assert len(accuracy_cells) == 3 and all(cell.endswith("%") for cell in accuracy_cells)
     browser.save_screenshot(str(screenshots / "label-1280x800.png"))
     browser.set_window_size(390, 844)
     browser.save_screenshot(str(screenshots / "label-390x844.png"))
