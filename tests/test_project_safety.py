@@ -15,9 +15,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from starlette.testclient import TestClient
 
 from lplgrad.cli import main
