@@ -488,7 +488,7 @@ def test_query_says_what_it_does_and_status_shows_accuracy_per_class(project, ca
     workflow.import_labels(project, [project.parent / "l.csv"])
     with caplog.at_level("INFO"):
         assert main(["query", str(project), "--strategy", "random", "--k", "3"]) == 0
-    assert "training on 9 labeled images" in caplog.text and "scoring" in caplog.text
+    assert "training on 9 of 9 labeled images" in caplog.text and "scoring" in caplog.text
     capsys.readouterr()
     assert run("status", str(project)) == 0
     assert "accuracy per class (latest round): red" in capsys.readouterr().out

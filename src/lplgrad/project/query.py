@@ -227,7 +227,9 @@ def _train_and_select(
     aux = aux_model if strategy.uses_aux_model else None
     start = time.perf_counter()
     train_seed = derive_seed(seed, round_index, SEED_TRAIN)
-    report(f"round {round_index}: training on {len(train_ids)} labeled images")
+    held = len(labeled) - len(train_ids)
+    note = f" ({held} held out to measure accuracy)" if held else ""
+    report(f"round {round_index}: training on {len(train_ids)} of {len(labeled)} labeled images{note}")
     try:
         fit(
             model,
