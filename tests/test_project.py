@@ -144,7 +144,9 @@ def test_real_label_studio_exports(tmp_path: Path, name: str, skipped: int) -> N
 def labeled_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     truth = make_images(tmp_path / "pool", 12)
     project = tmp_path / "project"
-    workflow.init(project, tmp_path / "pool", CLASSES)
+    workflow.init(
+        project, tmp_path / "pool", CLASSES, settings={"train.epochs": 1, "model.width": 4, "train.min_steps": 0}
+    )
     first = {p: truth[p] for p in list(truth)[:3]}
     (tmp_path / "first.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in first.items()))
     workflow.import_labels(project, [tmp_path / "first.csv"])
@@ -253,7 +255,9 @@ def test_a_project_needs_an_embeddings_index_and_embed_takes_its_settings(tmp_pa
 def test_init_refuses_an_existing_project_and_unknown_class_folders(tmp_path, labeled_project) -> None:
     project, _ = labeled_project
     with pytest.raises(UserError, match="already holds a project"):
-        workflow.init(project, tmp_path / "pool", CLASSES)
+        workflow.init(
+            project, tmp_path / "pool", CLASSES, settings={"train.epochs": 1, "model.width": 4, "train.min_steps": 0}
+        )
     tree = tmp_path / "labeled"
     make_images(tree, 3, folders=True)
     shutil.move(tree / "red", tree / "crimson")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,8 @@ CHUNK = 256
 
 
 def latest_model(project: Path) -> tuple[torch.nn.Module, dict]:
-    conn = db.connect(project)
-    files = [r["model_file"] for r in db.rounds(conn) if r["model_file"]]
-    conn.close()
+    with closing(db.connect(project, readonly=True)) as conn:
+        files = [r["model_file"] for r in db.rounds(conn) if r["model_file"]]
     if not files:
         raise UserError(f"{project} has no trained model yet; run lplgrad query after importing some labels")
     state = torch.load(project / str(files[-1]), map_location="cpu", weights_only=True)

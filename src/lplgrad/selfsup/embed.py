@@ -5,6 +5,7 @@ and projects, ``active.embeddings_index``)."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,12 +59,9 @@ def embed_project(project: Path, simclr: SimCLRConfig, out: Path) -> EmbedSummar
     out = _check_out(out)
     start = time.perf_counter()
     db.require_project(project)
-    conn = db.connect(project)
-    try:
+    with closing(db.connect(project, readonly=True)) as conn:
         rows = db.images(conn, "WHERE images.role = 'pool'")
         classes, size = db.classes(conn), int(db.setting(conn, "image_size") or 64)
-    finally:
-        conn.close()
     config = read_settings(project)
     images = decode(rows, size)
     mean, std = channel_stats(images)
