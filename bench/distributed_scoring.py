@@ -25,10 +25,10 @@ import torch
 import torch.distributed as dist
 
 from lplgrad.data import Augment, Dataset, Split
-from lplgrad.distributed import world
 from lplgrad.models import LossPredictionModule, ResNet18
-from lplgrad.models.batchnorm import randomize_batchnorm
+from lplgrad.runtime.distributed import world
 from lplgrad.strategies import QueryContext, create_strategy
+from tests.batchnorm import randomize_batchnorm
 
 
 def synthetic(count: int, size: int, device: torch.device) -> Dataset:

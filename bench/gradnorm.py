@@ -25,9 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from lplgrad.models import ResNet18
-from lplgrad.models.batchnorm import randomize_batchnorm
 from lplgrad.scoring import layer_norms
 from lplgrad.scoring.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
+from tests.batchnorm import randomize_batchnorm
 
 from timing import fastest  # bench/timing.py, beside this script
 

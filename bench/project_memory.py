@@ -41,7 +41,7 @@ def generate(root: Path, count: int, size: int) -> None:
 # The child reports its own peak RSS: ru_maxrss of RUSAGE_CHILDREN is a maximum over all children.
 CHILD = (
     "import resource, sys\n"
-    "from lplgrad.cli import main\n"
+    "from lplgrad.cli.main import main\n"
     "code = main(['-q', *sys.argv[1:]])\n"
     "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(code)\n"

@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from lplgrad.config import resolve
+from lplgrad.config.schema import resolve
 from lplgrad.data import Dataset, load_dataset
-from lplgrad.inference import evaluate
-from lplgrad.loop import build_models
-from lplgrad.metrics import mean_std
-from lplgrad.train import fit
+from lplgrad.models.build import build_models
+from lplgrad.report.metrics import mean_std
+from lplgrad.train.fit import fit
+from lplgrad.train.inference import evaluate
 
 # Each recipe: --set style overrides of the dataset's defaults (applied after --epochs).
 RECIPES: dict[str, dict[str, Any]] = {

@@ -7,7 +7,7 @@ import torch
 
 from lplgrad.data import Dataset
 from lplgrad.models import LossPredictionModule, ResNet18
-from lplgrad.models.batchnorm import randomize_batchnorm
+from tests.batchnorm import randomize_batchnorm
 from tests.helpers import make_dataset
 
 

@@ -14,13 +14,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lplgrad.config import TrainConfig
-from lplgrad.distributed import is_writer, launch_rank, world
+from lplgrad.config.schema import TrainConfig
 from lplgrad.errors import UserError
 from lplgrad.models import LossPredictionModule, ModelOutput, ResNet18
-from lplgrad.models.batchnorm import randomize_batchnorm
+from lplgrad.runtime.distributed import is_writer, launch_rank, world
 from lplgrad.strategies import QueryContext, create_strategy
-from lplgrad.train import fit
+from lplgrad.train.fit import fit
+from tests.batchnorm import randomize_batchnorm
 from tests.helpers import make_dataset
 
 SCORED = ("entropy", "ent-gradnorm", "lplgrad", "coreset", "lplgrad-diverse")
@@ -77,10 +77,10 @@ def fitted() -> dict[str, dict[str, Tensor]]:
 
 def fail_in_round_1(args: list[str]) -> int:
     """`lplgrad ARGS`, with rank 1's evaluation of round 1 raising: rank 0 is then inside a collective."""
-    import lplgrad.loop
-    from lplgrad.cli import main
+    import lplgrad.core.round
+    from lplgrad.cli.main import main
 
-    real_evaluate, calls = lplgrad.loop.evaluate, []
+    real_evaluate, calls = lplgrad.core.round.evaluate, []
 
     def failing_evaluate(*a, **k):  # type: ignore[no-untyped-def]
         calls.append(1)
@@ -88,7 +88,7 @@ def fail_in_round_1(args: list[str]) -> int:
             raise UserError("the simulated failure of rank 1")
         return real_evaluate(*a, **k)
 
-    lplgrad.loop.evaluate = failing_evaluate
+    lplgrad.core.round.evaluate = failing_evaluate
     return main(args)
 
 

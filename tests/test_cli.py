@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from lplgrad.cli import main
+from lplgrad.cli.main import main
 from lplgrad.data.loaders import list_datasets
 from lplgrad.strategies import list_strategies
 

@@ -2,8 +2,8 @@ import tomllib
 
 import pytest
 
-from lplgrad import config as cfg
-from lplgrad import config_files
+from lplgrad.config import files as config_files
+from lplgrad.config import schema as cfg
 from lplgrad.errors import UserError
 
 

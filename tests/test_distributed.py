@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lplgrad.distributed import gather, shard, world
-from lplgrad.experiment import run_experiment
+from lplgrad.experiment.runner import run_experiment
+from lplgrad.runtime.distributed import gather, shard, world
 from tests.distributed_worker import NoBatchStatistics, fitted, picks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_a_torchrun_run_writes_the_rows_of_one_process_once(tmp_path: Path) -> N
 
 
 def _single(args: list[str], out: Path) -> list[dict]:
-    from lplgrad.cli import main
+    from lplgrad.cli.main import main
 
     assert main(["run", *args, "--out", str(out)]) == 0
     return rows_of(out)
@@ -106,19 +106,19 @@ def _single(args: list[str], out: Path) -> list[dict]:
 
 @needs_torchrun
 def test_torchrun_resumes_a_run_that_one_process_started(tmp_path: Path, monkeypatch) -> None:
-    import lplgrad.loop
-    from lplgrad.cli import build_parser, config_from_args
+    import lplgrad.core.round
+    from lplgrad.cli.main import build_parser, config_from_args
 
     args = [*RUN, "--strategy", "entropy", "--rounds", "3"]
     config = config_from_args(build_parser().parse_args(["run", *args, "--out", str(tmp_path / "run")]))
-    real_fit = lplgrad.loop.fit
+    real_fit = lplgrad.core.round.fit
 
     def interrupted_in_round_2(*a, **k):  # type: ignore[no-untyped-def]
         if k.get("description", "").endswith("r2"):
             raise KeyboardInterrupt
         return real_fit(*a, **k)
 
-    monkeypatch.setattr("lplgrad.loop.fit", interrupted_in_round_2)
+    monkeypatch.setattr("lplgrad.core.round.fit", interrupted_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, tmp_path / "run")
     assert [r["round"] for r in rows_of(tmp_path / "run")] == [0, 1]
@@ -141,7 +141,7 @@ def test_a_failing_process_stops_every_process_with_its_message(tmp_path: Path) 
 
 @needs_torchrun
 def test_a_labeling_query_under_torchrun_writes_one_batch_like_one_process(tmp_path: Path) -> None:
-    from lplgrad.cli import main
+    from lplgrad.cli.main import main
     from lplgrad.project import db
     from tests.helpers import TINY, make_images
 

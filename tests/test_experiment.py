@@ -4,11 +4,12 @@ import json
 import pytest
 import torch
 
-from lplgrad import config as cfg
+from lplgrad.config import schema as cfg
+from lplgrad.core.schedule import check_fits, labeled_schedule
+from lplgrad.core.seeds import SEED_INIT, derive_seed
 from lplgrad.errors import UserError
-from lplgrad.experiment import run_experiment
-from lplgrad.loop import derive_seed
-from lplgrad.schedule import check_fits, labeled_schedule
+from lplgrad.experiment.runner import run_experiment
+from lplgrad.models.build import build_models
 from tests.helpers import make_dataset
 
 
@@ -78,7 +79,7 @@ def test_loop_bookkeeping(tmp_path) -> None:
 
 
 def test_initial_sets_are_shared_across_strategies_and_differ_across_trials(monkeypatch) -> None:
-    from lplgrad import experiment
+    from lplgrad.experiment import runner as experiment
 
     seen = []
     original = experiment._start
@@ -108,10 +109,10 @@ def test_same_seed_same_results() -> None:
 
 @pytest.mark.parametrize("warm_start", [True, False])
 def test_warm_start_continues_the_last_round_and_cold_start_begins_anew(monkeypatch, warm_start: bool) -> None:
-    from lplgrad import loop
+    from lplgrad.core import round as one_round
 
     starts, ends = [], []
-    original = loop.fit
+    original = one_round.fit
 
     def weights(model, aux_model):
         return copy.deepcopy({**model.state_dict(), **{f"aux.{k}": v for k, v in aux_model.state_dict().items()}})
@@ -122,15 +123,15 @@ def test_warm_start_continues_the_last_round_and_cold_start_begins_anew(monkeypa
         ends.append(weights(model, aux_model))
         return result
 
-    monkeypatch.setattr(loop, "fit", spy)
+    monkeypatch.setattr(one_round, "fit", spy)
     values = {"train.warm_start": warm_start, "active.trials": 1, "active.strategies": ["lplgrad"]}
     config = small_config(**values)
     dataset = make_dataset()
     run_experiment(config, dataset=dataset)
     assert len(starts) == 3
     for round_index in (1, 2):
-        seed = loop.derive_seed(config.seed, round_index, loop.SEED_INIT)
-        expected = ends[round_index - 1] if warm_start else weights(*loop.build_models(config, dataset, seed, "cpu"))
+        seed = derive_seed(config.seed, round_index, SEED_INIT)
+        expected = ends[round_index - 1] if warm_start else weights(*build_models(config, dataset, seed, "cpu"))
         for key, value in starts[round_index].items():
             assert torch.equal(value, expected[key]), key
 

@@ -18,17 +18,17 @@ import pytest
 import torch
 from PIL import Image
 
-from lplgrad import config as cfg
-from lplgrad.atomic_io import StorageError, write_atomic_with
-from lplgrad.checkpoint import REJECTED_FILE, DamagedCheckpoint, checkpoint_path, load_checkpoint
-from lplgrad.cli import main
+from lplgrad.cli.main import main
+from lplgrad.config import schema as cfg
 from lplgrad.data.imagefolder import decode_folder, scan
 from lplgrad.errors import UserError
-from lplgrad.experiment import run_experiment
-from lplgrad.report import load
-from lplgrad.results import RESULTS_FILE, append_row, read_results, read_rows
-from lplgrad.run_folder import hold_run_folder
-from lplgrad.train import TrainingDiverged, fit
+from lplgrad.experiment.checkpoint import REJECTED_FILE, DamagedCheckpoint, checkpoint_path, load_checkpoint
+from lplgrad.experiment.results import RESULTS_FILE, append_row, read_results, read_rows
+from lplgrad.experiment.run_folder import hold_run_folder
+from lplgrad.experiment.runner import run_experiment
+from lplgrad.report.write import load
+from lplgrad.runtime.atomic_io import StorageError, write_atomic_with
+from lplgrad.train.fit import TrainingDiverged, fit
 from tests.helpers import make_dataset
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lplgrad.config import DataConfig
+from lplgrad.config.schema import DataConfig
 from lplgrad.data import imagefolder
 from lplgrad.data.loaders import load_dataset
 from lplgrad.errors import UserError

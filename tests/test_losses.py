@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lplgrad.losses import loss_prediction_loss
+from lplgrad.train.losses import loss_prediction_loss
 
 
 def test_even_batch_matches_hand_computed_pairs() -> None:

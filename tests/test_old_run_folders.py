@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lplgrad.cli import main
-from lplgrad.results import read_rows
+from lplgrad.cli.main import main
+from lplgrad.experiment.results import read_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

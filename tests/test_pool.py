@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lplgrad.pool import Pool
+from lplgrad.core.pool import Pool
 
 
 def test_label_and_query_indices() -> None:

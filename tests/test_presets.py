@@ -1,8 +1,8 @@
 import pytest
 
-from lplgrad import config as cfg
-from lplgrad import config_files
-from lplgrad.cli import main
+from lplgrad.cli.main import main
+from lplgrad.config import files as config_files
+from lplgrad.config import schema as cfg
 from lplgrad.data import dataset_defaults
 from lplgrad.errors import UserError
 
@@ -84,7 +84,7 @@ def test_flags_override_a_preset(tmp_path) -> None:
 
 
 def test_rounds_flag_wins_over_a_preset_budget() -> None:
-    from lplgrad.cli import build_parser, config_from_args
+    from lplgrad.cli.main import build_parser, config_from_args
 
     args = build_parser().parse_args(["run", "--preset", "cifar10-high", "--rounds", "1", "--out", "x"])
     active = config_from_args(args).active
@@ -97,7 +97,7 @@ def test_rounds_flag_wins_over_a_preset_budget() -> None:
 def test_paper_presets_pin_their_datasets_training_settings(name: str) -> None:
     """A paper preset keeps the paper's training settings when its images come from elsewhere,
     e.g. CIFAR-10 as an image folder (which would otherwise take the imagefolder defaults)."""
-    from lplgrad.cli import build_parser, config_from_args
+    from lplgrad.cli.main import build_parser, config_from_args
 
     values = config_files.read_preset(name)
     paper_keys = ("train.epochs", "train.lr", "train.batch_size", "train.milestones")

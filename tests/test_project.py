@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lplgrad.cli import main
+from lplgrad.cli.main import main
 from lplgrad.errors import UserError
-from lplgrad.folder_lock import folder_lock
 from lplgrad.project import db, workflow
 from lplgrad.project.query import query
+from lplgrad.runtime.folder_lock import folder_lock
 from tests.helpers import CLASSES, TINY, make_images
 
 FIXTURES = Path(__file__).parent / "fixtures" / "label-studio"  # real Label Studio 1.23.2 exports (README there)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from lplgrad.cli import main
+from lplgrad.cli.main import main
+from lplgrad.cli.project import allowed_hosts
 from lplgrad.errors import UserError
 from lplgrad.project import db, workflow
-from lplgrad.project.commands import allowed_hosts
 from lplgrad.project.exchange import parse_file
 from lplgrad.project.query import query
 from lplgrad.web.app import create_app
@@ -351,7 +351,7 @@ def test_a_full_disk_during_import_is_a_one_line_error_that_changes_nothing(proj
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lplgrad.folder_lock.open", no_space, raising=False)
+    monkeypatch.setattr("lplgrad.runtime.folder_lock.open", no_space, raising=False)
     assert run("import", str(project), str(tmp_path / "l.csv")) == 2
     assert "the disk is full" in one_error(capsys)
 
@@ -488,7 +488,7 @@ def test_query_says_what_it_does_and_status_shows_accuracy_per_class(project, ca
     workflow.import_labels(project, [project.parent / "l.csv"])
     with caplog.at_level("INFO"):
         assert main(["query", str(project), "--strategy", "random", "--k", "3"]) == 0
-    assert "training on 9 of 9 labeled images" in caplog.text and "scoring" in caplog.text
+    assert "training on 9 labeled images" in caplog.text and "scoring" in caplog.text
     capsys.readouterr()
     assert run("status", str(project)) == 0
     assert "accuracy per class (latest round): red" in capsys.readouterr().out
@@ -516,7 +516,7 @@ def test_a_projects_config_holds_only_the_keys_a_project_uses(project, tmp_path,
 
 
 def test_label_and_query_share_one_batch_size_and_the_page_has_an_icon(page) -> None:
-    from lplgrad.cli import build_parser
+    from lplgrad.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["query", "x"]).k == parser.parse_args(["label", "x"]).k

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lplgrad import config as cfg
-from lplgrad import config_files
-from lplgrad.cli import main
-from lplgrad.metrics import aubc, paired_difference
-from lplgrad.report import write_report
+from lplgrad.cli.main import main
+from lplgrad.config import files as config_files
+from lplgrad.config import schema as cfg
+from lplgrad.report.metrics import aubc, paired_difference
+from lplgrad.report.write import write_report
 
 
 def test_aubc_by_hand() -> None:
@@ -103,8 +103,8 @@ def test_slices_merge_and_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_saved_artifacts_make_tsne_and_confidence_figures(tmp_path: Path) -> None:
-    from lplgrad.artifacts import load_all
-    from lplgrad.experiment import run_experiment
+    from lplgrad.experiment.artifacts import load_all
+    from lplgrad.experiment.runner import run_experiment
     from tests.helpers import make_dataset
 
     config = cfg.resolve(
@@ -133,7 +133,7 @@ def test_saved_artifacts_make_tsne_and_confidence_figures(tmp_path: Path) -> Non
 
 
 def test_every_registered_strategy_has_its_own_color() -> None:
-    from lplgrad.plots import method_color
+    from lplgrad.report.plots import method_color
     from lplgrad.strategies import list_strategies
 
     colors = [method_color(name) for name in list_strategies()]

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from lplgrad import config as cfg
-from lplgrad import train
-from lplgrad.atomic_io import StorageError
-from lplgrad.checkpoint import load_checkpoint
-from lplgrad.cli import main
+from lplgrad.cli.main import main
+from lplgrad.config import schema as cfg
 from lplgrad.errors import UserError
-from lplgrad.experiment import TrialsFailed, run_experiment
-from lplgrad.results import read_rows
+from lplgrad.experiment.checkpoint import load_checkpoint
+from lplgrad.experiment.results import read_rows
+from lplgrad.experiment.runner import TrialsFailed, run_experiment
+from lplgrad.runtime.atomic_io import StorageError
+from lplgrad.train import fit as train
 
 RUN = [
     "--dataset",
@@ -106,13 +106,13 @@ def test_ctrl_c_saves_everything_says_how_to_resume_and_resume_matches(tmp_path,
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("lplgrad.loop.fit", interrupted_fit)
+    monkeypatch.setattr("lplgrad.core.round.fit", interrupted_fit)
     out = tmp_path / "run"
     assert main(["-q", "run", *RUN, "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert f"--out {out} --resume" in err
     assert len(read_rows(out / "results.jsonl")) == 5
-    monkeypatch.setattr("lplgrad.loop.fit", original)
+    monkeypatch.setattr("lplgrad.core.round.fit", original)
     assert main(["-q", "run", "--config", str(out / "config.toml"), "--out", str(out), "--resume"]) == 0
     assert comparable(read_rows(out / "results.jsonl")) == want
 
@@ -141,7 +141,7 @@ def test_diverging_training_stops_only_its_own_trial(tmp_path, monkeypatch) -> N
             raise train.TrainingDiverged(epoch=1)
         return original(model, dataset, labeled, config, seed, **kwargs)
 
-    monkeypatch.setattr("lplgrad.loop.fit", nan_for_entropy_trial_1_round_2)
+    monkeypatch.setattr("lplgrad.core.round.fit", nan_for_entropy_trial_1_round_2)
     with pytest.raises(TrialsFailed, match=r"entropy trial 1 round 2 \(try a lower train.lr\)"):
         run_experiment(small(), tmp_path)
     done = {(r["strategy"], r["trial"], r["round"]) for r in read_rows(tmp_path / "results.jsonl")}

@@ -10,11 +10,11 @@ from PIL import Image
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from lplgrad import config as cfg
-from lplgrad.cli import main
-from lplgrad.config import DataConfig
+from lplgrad.cli.main import main
+from lplgrad.config import schema as cfg
+from lplgrad.config.schema import DataConfig
+from lplgrad.data.embeddings import load_embeddings, write_embeddings
 from lplgrad.data.loaders import load_dataset
-from lplgrad.embeddings import load_embeddings, write_embeddings
 from lplgrad.errors import UserError
 from lplgrad.selfsup.simclr import SimCLRConfig, SimCLRModel, embed_images, nt_xent, train_simclr
 from lplgrad.selfsup.views import ViewSettings, random_views

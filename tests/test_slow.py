@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lplgrad.cli import main
+from lplgrad.cli.main import main
 from lplgrad.strategies import list_strategies
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lplgrad.config import TrainConfig
+from lplgrad.config.schema import TrainConfig
 from lplgrad.models import LossPredictionModule, ResNet18
-from lplgrad.train import fit, make_optimizer, planned_epochs, steps_per_epoch
+from lplgrad.train.fit import fit, make_optimizer, planned_epochs, steps_per_epoch
 from tests.helpers import make_dataset
 
 # Also run by README's test command under AVX2 kernels (pytest -m determinism), see pyproject.toml.

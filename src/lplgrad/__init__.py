@@ -5,17 +5,17 @@ Querying: norm of the gradient of each candidate's predictive entropy w.r.t. all
 main-model parameters; the largest are labeled next.
 """
 
-from lplgrad.config import RunConfig
+from lplgrad.config.schema import RunConfig
+from lplgrad.core.pool import Pool
 from lplgrad.data import Augment, Dataset, Split
 from lplgrad.data.loaders import list_datasets, load_dataset
-from lplgrad.experiment import run_experiment
-from lplgrad.inference import evaluate, predict
-from lplgrad.losses import loss_prediction_loss
+from lplgrad.experiment.runner import run_experiment
 from lplgrad.models import LossPredictionModule, ModelOutput, ResNet18
-from lplgrad.pool import Pool
 from lplgrad.scoring.gradnorm import per_sample_grad_norms
 from lplgrad.strategies import QueryContext, Selection, Strategy, create_strategy, list_strategies, register_strategy
-from lplgrad.train import fit
+from lplgrad.train.fit import fit
+from lplgrad.train.inference import evaluate, predict
+from lplgrad.train.losses import loss_prediction_loss
 
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 

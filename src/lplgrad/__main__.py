@@ -2,6 +2,6 @@
 
 import sys
 
-from lplgrad.cli import main
+from lplgrad.cli.main import main
 
 sys.exit(main())

@@ -24,8 +24,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from lplgrad.atomic_io import StorageError, save_atomic
 from lplgrad.errors import UserError
+from lplgrad.runtime.atomic_io import StorageError, save_atomic
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from lplgrad.data.imagefolder import decode_folder, default_cache_dir
 from lplgrad.errors import UserError
 
 if TYPE_CHECKING:  # config.py asks this registry for dataset defaults, so only the type is imported
-    from lplgrad.config import DataConfig
+    from lplgrad.config.schema import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,28 +11,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lplgrad.atomic_io import write_atomic
 from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, decode_image
 from lplgrad.errors import UserError
-from lplgrad.models import ResNet18
+from lplgrad.models.model_file import Architecture, load_models
 from lplgrad.models.output import split_output
 from lplgrad.project import db
 from lplgrad.project.images import WORKERS
+from lplgrad.runtime.atomic_io import write_atomic
 
 CHUNK = 256
 
 
-def latest_model(project: Path) -> tuple[torch.nn.Module, dict]:
+def latest_model(project: Path) -> tuple[torch.nn.Module, Architecture]:
+    """w_main of the newest round that trained one, with its architecture (``models.model_file``)."""
     with closing(db.connect(project, readonly=True)) as conn:
         files = [r["model_file"] for r in db.rounds(conn) if r["model_file"]]
     if not files:
         raise UserError(f"{project} has no trained model yet; run lplgrad query after importing some labels")
-    state = torch.load(project / str(files[-1]), map_location="cpu", weights_only=True)
-    size = state["image_size"]
-    stem = state.get("stem", "cifar" if size <= 64 else "imagenet")
-    model = ResNet18(len(state["classes"]), 3, state["width"], stem)
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+    model, _, architecture = load_models(project / str(files[-1]))
+    return model, architecture
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -51,11 +48,11 @@ def expand(paths: list[Path]) -> list[Path]:
 @torch.no_grad()
 def predict_files(project: Path, paths: list[Path], out: Path) -> int:
     """predictions.csv: path, predicted class, its probability, then one probability column per class."""
-    model, state = latest_model(project)
+    model, architecture = latest_model(project)
     files = expand(paths)
-    classes, size = state["classes"], state["image_size"]
-    mean = torch.tensor(state["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(state["std"]).view(1, -1, 1, 1)
+    classes, size = architecture.classes, architecture.image_size
+    mean = torch.tensor(architecture.mean).view(1, -1, 1, 1)
+    std = torch.tensor(architecture.std).view(1, -1, 1, 1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "predicted", "confidence", *classes])

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lplgrad.atomic_io import write_atomic
-from lplgrad.config import RunConfig, resolve, to_dict
-from lplgrad.config_files import read_toml, to_toml
+from lplgrad.config.files import read_toml, to_toml
+from lplgrad.config.schema import RunConfig, resolve, to_dict
 from lplgrad.errors import UserError
+from lplgrad.runtime.atomic_io import write_atomic
 
 CONFIG_FILE = "config.toml"
 DEFAULT_BATCH = 20  # images per batch of `lplgrad query` and of the page: small batches, fresher models

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lplgrad.atomic_io import write_atomic
 from lplgrad.errors import UserError, quoted
-from lplgrad.folder_lock import folder_lock
 from lplgrad.project import db
 from lplgrad.project.exchange import LabelRecord, parse_file, spreadsheet_text
 from lplgrad.project.images import find_images, moved_files, project_image_size, register
 from lplgrad.project.labeling import per_class_accuracy
 from lplgrad.project.settings import resolve_settings, write_settings
+from lplgrad.runtime.atomic_io import write_atomic
+from lplgrad.runtime.folder_lock import folder_lock
 
 log = logging.getLogger(__name__)
 

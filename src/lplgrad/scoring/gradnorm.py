@@ -39,9 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lplgrad.inference import eval_mode
 from lplgrad.models.output import split_output
 from lplgrad.scoring.layer_norms import SquaredNorms, conv2d_supported, conv2d_work_floats, fast_rule, generic_norms
+from lplgrad.train.inference import eval_mode
 
 log = logging.getLogger(__name__)
 

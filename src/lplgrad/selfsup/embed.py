@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from lplgrad.config import RunConfig
+from lplgrad.config.schema import RunConfig
 from lplgrad.data import Augment, Dataset, Split, channel_stats, load_dataset
-from lplgrad.distributed import launched
-from lplgrad.embeddings import index_path, write_embeddings
+from lplgrad.data.embeddings import index_path, write_embeddings
 from lplgrad.errors import UserError
-from lplgrad.experiment import resolve_device
-from lplgrad.loop import model_stem
+from lplgrad.experiment.runner import resolve_device
+from lplgrad.models.build import model_stem
 from lplgrad.project import db
 from lplgrad.project.images import decode, project_keys
 from lplgrad.project.settings import read_settings
+from lplgrad.runtime.distributed import launched
 from lplgrad.selfsup.simclr import SimCLRConfig, embed_images, train_simclr
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lplgrad.inference import predict_all
 from lplgrad.scoring.uncertainty import entropy
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k, top_k
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict_all
 
 
 def mutual_information(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lplgrad.data import Dataset
-from lplgrad.distributed import gather, shard
+from lplgrad.runtime.distributed import gather, shard
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lplgrad.inference import predict_all
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict_all
 
 CHUNK = 256  # candidates whose [configurations, C] joints are held at once
 

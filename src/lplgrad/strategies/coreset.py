@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lplgrad.inference import predict_all
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict_all
 
 
 def min_distances(points: Tensor, centers: Tensor, chunk: int = 1024) -> Tensor:

@@ -8,11 +8,11 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from lplgrad.inference import predict_all
 from lplgrad.scoring.gradnorm import Reduction, ScoreLoss, per_sample_grad_norms
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.coreset import k_center_greedy
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict_all
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from lplgrad.inference import predict
 from lplgrad.strategies.base import QueryContext, Strategy
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict
 
 
 @register_strategy

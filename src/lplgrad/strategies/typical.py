@@ -24,10 +24,10 @@ from scipy import sparse
 from sklearn.cluster import KMeans
 from torch import Tensor
 
-from lplgrad.embeddings import load_embeddings
-from lplgrad.inference import predict_all
+from lplgrad.data.embeddings import load_embeddings
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict_all
 
 NEIGHBOURS = 20  # TypiClust's k for typicality
 PURITY = 0.95  # ProbCover's purity threshold

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from lplgrad.inference import predict
 from lplgrad.scoring import uncertainty
 from lplgrad.strategies.base import QueryContext, Strategy
 from lplgrad.strategies.registry import register_strategy
+from lplgrad.train.inference import predict
 
 
 def _logits(ctx: QueryContext) -> Tensor:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lplgrad.atomic_io import storage_error
+from lplgrad.runtime.atomic_io import storage_error
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.toml"

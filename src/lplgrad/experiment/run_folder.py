@@ -13,17 +13,24 @@ from typing import Any
 
 import torch
 
-from lplgrad import artifacts
-from lplgrad.atomic_io import write_atomic
-from lplgrad.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, repair_results, save_checkpoint
-from lplgrad.config import RunConfig, resolve, without_slice
-from lplgrad.config_files import read_toml, to_toml
+from lplgrad.config.files import read_toml, to_toml
+from lplgrad.config.schema import RunConfig, resolve, without_slice
+from lplgrad.core.records import RoundRecord
+from lplgrad.core.seeds import SEED_ARTIFACTS, derive_seed
 from lplgrad.data import Dataset
 from lplgrad.errors import UserError
-from lplgrad.folder_lock import LOCK_FILE, folder_lock
-from lplgrad.loop import SEED_ARTIFACTS, Learner, derive_seed
-from lplgrad.records import RoundRecord
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows
+from lplgrad.experiment import artifacts
+from lplgrad.experiment.checkpoint import (
+    CHECKPOINT_DIR,
+    checkpoint_path,
+    load_checkpoint,
+    repair_results,
+    save_checkpoint,
+)
+from lplgrad.experiment.loop import Learner
+from lplgrad.experiment.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows
+from lplgrad.runtime.atomic_io import write_atomic
+from lplgrad.runtime.folder_lock import LOCK_FILE, folder_lock
 
 log = logging.getLogger(__name__)
 

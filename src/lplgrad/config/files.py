@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from lplgrad.config import RunConfig, flatten, to_dict
+from lplgrad.config.schema import RunConfig, flatten, to_dict
 from lplgrad.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from lplgrad.metrics import mean_std
+from lplgrad.report.metrics import mean_std
 
 
 def accuracy_table(rows: list[dict[str, Any]]) -> str:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lplgrad.atomic_io import write_atomic, write_atomic_with
 from lplgrad.data import Dataset
 from lplgrad.errors import UserError
+from lplgrad.runtime.atomic_io import write_atomic, write_atomic_with
 
 INDEX_COLUMNS = ["path", "row"]
 

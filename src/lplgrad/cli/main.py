@@ -14,20 +14,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lplgrad import config as cfg
-from lplgrad import config_files
-from lplgrad.atomic_io import StorageError
+from lplgrad.cli import project as project_commands
+from lplgrad.config import files as config_files
+from lplgrad.config import schema as cfg
 from lplgrad.data.loaders import check_dataset_name, list_datasets
-from lplgrad.distributed import launch_rank, launched, peer_failure, process_group
 from lplgrad.errors import UserError, one_line
-from lplgrad.experiment import TrialsFailed, run_experiment
-from lplgrad.project import commands as project_commands
-from lplgrad.report import write_report
-from lplgrad.results import RESULTS_FILE, read_rows
+from lplgrad.experiment.results import RESULTS_FILE, read_rows
+from lplgrad.experiment.runner import TrialsFailed, run_experiment
+from lplgrad.report.summary import accuracy_table
+from lplgrad.report.write import write_report
+from lplgrad.runtime.atomic_io import StorageError
+from lplgrad.runtime.distributed import launch_rank, launched, peer_failure, process_group
 from lplgrad.selfsup import SimCLRConfig
 from lplgrad.selfsup.embed import embed_pool, embed_project
 from lplgrad.strategies import list_strategies, strategy_class
-from lplgrad.summary import accuracy_table
 
 # CLI flag -> config key. Flags are applied after --config and before --set.
 FLAG_KEYS = {

@@ -13,7 +13,7 @@ the checksum is verified on load, so a damaged checkpoint is an error, never a s
 round. Files written before checksums existed (torch.save's bytes alone) still load.
 
 No random-number-generator state is needed: every random draw of a round comes from a
-generator seeded by (run seed, trial, round, purpose), see ``loop.derive_seed``.
+generator seeded by (run seed, trial, round, purpose), see ``core.seeds``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from lplgrad.atomic_io import serialize, write_atomic, write_atomic_with
 from lplgrad.errors import UserError
-from lplgrad.results import RESULTS_FILE, read_results, row_line
+from lplgrad.experiment.results import RESULTS_FILE, read_results, row_line
+from lplgrad.runtime.atomic_io import serialize, write_atomic, write_atomic_with
 
 log = logging.getLogger(__name__)
 

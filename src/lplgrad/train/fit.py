@@ -20,12 +20,12 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lplgrad.config import TrainConfig
+from lplgrad.config.schema import TrainConfig
 from lplgrad.data import Dataset, augment_batch, conv_layout
-from lplgrad.distributed import average_buffers, shard, sum_over_ranks, world
 from lplgrad.errors import UserError
-from lplgrad.losses import loss_prediction_loss
 from lplgrad.models.output import split_output
+from lplgrad.runtime.distributed import average_buffers, shard, sum_over_ranks, world
+from lplgrad.train.losses import loss_prediction_loss
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from lplgrad import artifacts, plots
-from lplgrad.atomic_io import write_atomic
-from lplgrad.config import RunConfig, resolve
-from lplgrad.config_files import read_toml
+from lplgrad.config.files import read_toml
+from lplgrad.config.schema import RunConfig, resolve
+from lplgrad.core.schedule import labeled_schedule
 from lplgrad.errors import UserError
-from lplgrad.metrics import aubc, mean_std, paired_difference
-from lplgrad.results import CONFIG_FILE, RESULTS_FILE, read_results
-from lplgrad.schedule import labeled_schedule
+from lplgrad.experiment import artifacts
+from lplgrad.experiment.results import CONFIG_FILE, RESULTS_FILE, read_results
+from lplgrad.report import plots
+from lplgrad.report.metrics import aubc, mean_std, paired_difference
+from lplgrad.runtime.atomic_io import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,21 @@ from typing import Any
 
 import torch
 
-from lplgrad.atomic_io import write_atomic
-from lplgrad.config import ActiveConfig, RunConfig
+from lplgrad.config.schema import ActiveConfig, RunConfig
+from lplgrad.core.pool import Pool
+from lplgrad.core.schedule import check_fits, labeled_schedule
+from lplgrad.core.seeds import SEED_INIT, SEED_INITIAL_SET, derive_seed
 from lplgrad.data import Dataset, load_dataset
-from lplgrad.distributed import is_writer, launched, local_rank_first, share
 from lplgrad.errors import UserError
-from lplgrad.loop import SEED_INIT, SEED_INITIAL_SET, Learner, RoundObserver, build_models, derive_seed, run_rounds
-from lplgrad.pool import Pool
-from lplgrad.progress import RoundLogger
-from lplgrad.reproducibility import deterministic_algorithms
-from lplgrad.run_folder import RunFolderRecorder, check_out_dir, hold_run_folder, prepare_out_dir
-from lplgrad.schedule import check_fits, labeled_schedule
+from lplgrad.experiment.loop import Learner, RoundObserver, run_rounds
+from lplgrad.experiment.progress import RoundLogger
+from lplgrad.experiment.run_folder import RunFolderRecorder, check_out_dir, hold_run_folder, prepare_out_dir
+from lplgrad.models.build import build_models
+from lplgrad.runtime.atomic_io import write_atomic
+from lplgrad.runtime.distributed import is_writer, launched, local_rank_first, share
+from lplgrad.runtime.reproducibility import deterministic_algorithms
 from lplgrad.strategies import Strategy, create_strategy, strategy_class
-from lplgrad.train import TrainingDiverged
+from lplgrad.train.fit import TrainingDiverged
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from lplgrad.data import Dataset
-from lplgrad.distributed import gather, shard, sum_over_ranks, world
 from lplgrad.models.output import penultimate, split_output
+from lplgrad.runtime.distributed import gather, shard, sum_over_ranks, world
 
 
 @contextmanager

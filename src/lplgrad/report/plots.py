@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lplgrad.metrics import mean_std
+from lplgrad.report.metrics import mean_std
 
 # Accuracy per method: {method: {labeled size: [accuracy of each trial]}}
 Curves = dict[str, dict[int, list[float]]]

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lplgrad.atomic_io import save_atomic
 from lplgrad.data import Dataset
-from lplgrad.inference import predict
+from lplgrad.runtime.atomic_io import save_atomic
+from lplgrad.train.inference import predict
 
 ARTIFACT_DIR = "artifacts"
 TEST_POINTS = 1000

@@ -1,4 +1,4 @@
-"""The labeling project's subcommands: their arguments and what each prints (called by ``lplgrad.cli``)."""
+"""The labeling project's subcommands: their arguments and what each prints (called by ``lplgrad.cli.main``)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lplgrad import config_files
-from lplgrad.distributed import launch_rank, process_group
+from lplgrad.config import files as config_files
 from lplgrad.errors import UserError
 from lplgrad.project import db, workflow
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX
 from lplgrad.project.predict import predict_files
 from lplgrad.project.query import query
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
+from lplgrad.runtime.distributed import launch_rank, process_group
 
 COMMANDS = ("init", "add", "query", "import", "status", "export", "predict", "label")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any
 
-from lplgrad.records import RoundRecord
+from lplgrad.core.records import RoundRecord
 
 log = logging.getLogger(__name__)
 

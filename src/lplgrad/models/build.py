@@ -1,0 +1,26 @@
+"""Building the models of a round: w_main (ResNet-18, its stem chosen by the image size) and w_aux."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lplgrad.config.schema import RunConfig
+from lplgrad.data import Dataset
+from lplgrad.models.loss_module import LossPredictionModule
+from lplgrad.models.resnet import ResNet18
+
+
+def model_stem(config: RunConfig, height: int) -> str:
+    """ResNet-18's stem: ``model.stem``, or for "auto" the CIFAR stem up to 64 px and the ImageNet one above."""
+    return config.model.stem if config.model.stem != "auto" else ("cifar" if height <= 64 else "imagenet")
+
+
+def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Seeded w_main (ResNet-18, stem by image size) and w_aux (its loss prediction module), on ``device``."""
+    stem = model_stem(config, dataset.image_shape[1])
+    with torch.random.fork_rng(devices=[]):  # seeds the initialization without touching the caller's generator
+        torch.manual_seed(seed)
+        model = ResNet18(dataset.num_classes, dataset.image_shape[0], config.model.width, stem)  # type: ignore[arg-type]
+        aux_model = LossPredictionModule(model.feature_channels, config.model.aux_hidden)
+    return model.to(device), aux_model.to(device)

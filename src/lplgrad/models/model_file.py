@@ -1,0 +1,75 @@
+"""The one model-file format: what a trained round leaves for predicting, resuming and the page.
+
+``model_state`` / ``models_from_state`` are the pair every user goes through: a labeling project's
+``models/round-N.pt`` (written by its oracle, read by ``predict``) and a run's checkpoints (the
+weights for a warm start on ``--resume``). A state holds the weights of w_main and w_aux and what is
+needed to rebuild them without the config that made them: the classes, the input shape, the
+normalisation, ResNet-18's width and stem, and w_aux's hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lplgrad.errors import UserError
+from lplgrad.models.loss_module import LossPredictionModule
+from lplgrad.models.resnet import ResNet18
+from lplgrad.runtime.atomic_io import save_atomic
+
+FORMAT = "lplgrad-model/1"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What rebuilds w_main and w_aux, and what their inputs must look like."""
+
+    classes: list[str]
+    channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    width: int
+    stem: str
+    aux_hidden: int
+
+
+def model_state(model: nn.Module, aux_model: nn.Module, architecture: Architecture) -> dict[str, Any]:
+    """Weights and architecture as one dict of tensors and plain values (``torch.load(weights_only=True)``)."""
+    return {
+        "format": FORMAT,
+        "architecture": asdict(architecture),
+        "model": model.state_dict(),
+        "aux_model": aux_model.state_dict(),
+    }
+
+
+def models_from_state(state: dict[str, Any]) -> tuple[nn.Module, nn.Module, Architecture]:
+    """w_main and w_aux rebuilt from ``model_state``'s dict (CPU, eval mode), with their architecture."""
+    architecture = Architecture(**state["architecture"])
+    model = ResNet18(len(architecture.classes), architecture.channels, architecture.width, architecture.stem)  # type: ignore[arg-type]
+    aux_model = LossPredictionModule(model.feature_channels, architecture.aux_hidden)
+    model.load_state_dict(state["model"])
+    aux_model.load_state_dict(state["aux_model"])
+    return model.eval(), aux_model.eval(), architecture
+
+
+def save_models(path: Path, model: nn.Module, aux_model: nn.Module, architecture: Architecture) -> None:
+    save_atomic(path, model_state(model, aux_model, architecture))
+
+
+def load_models(path: Path) -> tuple[nn.Module, nn.Module, Architecture]:
+    """A model file (an older project's layout is read through ``config.compat``)."""
+    from lplgrad.config.compat import upgrade_model_state
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"model file {path} is missing") from None
+    except Exception as error:  # torch raises many types for unreadable bytes
+        raise UserError(f"model file {path} cannot be read ({type(error).__name__}); it is damaged") from None
+    return models_from_state(upgrade_model_state(state))

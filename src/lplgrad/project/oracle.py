@@ -1,0 +1,124 @@
+"""The labeling project's oracle: a person, who gets a batch to label.
+
+``PersonBatch.receive`` is handed a round's choice by ``core.round.run_round`` and writes, in this
+order, the round's model file, its batch folder (batch.csv, label-studio.json and the labeling
+config) and then, in one transaction, the round's record and its queried images. A kill before the
+transaction leaves the project as it was (files of an unrecorded round are simply rewritten by the
+next query); after it, the round is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lplgrad.core.round import Models, RoundInputs, RoundOutcome
+from lplgrad.models.build import model_stem
+from lplgrad.models.model_file import Architecture, save_models
+from lplgrad.project import db
+from lplgrad.project.exchange import BatchItem, batch_csv, label_studio_config, label_studio_tasks
+from lplgrad.runtime.atomic_io import write_atomic
+from lplgrad.train.inference import predict
+
+
+def batch_folder(project: Path, round_index: int) -> Path:
+    return project / "batches" / f"round-{round_index}"
+
+
+@dataclass
+class PersonBatch:
+    """Writes a round's batch for a person, and records the round (see the module docstring)."""
+
+    project: Path
+    conn: Any  # the project's open database connection (the caller holds the project lock)
+    candidates: list[db.ImageRow]  # row of each candidate, in the order of the round's candidate indices
+    first_candidate: int  # the train index of candidates[0]
+    classes: list[str]
+    strategy: str
+    labeled_count: int  # labeled pool images the round read (held-out ones included)
+    accuracy_on: str | None  # "test", "holdout" or None
+    url_prefix: str
+    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    items: list[BatchItem] = field(default_factory=list)
+
+    def receive(self, inputs: RoundInputs, outcome: RoundOutcome, models: Models) -> None:
+        """The round's picks, with the model's suggested class and confidence for each."""
+        query = outcome.query
+        probabilities = torch.softmax(predict(models.model, inputs.dataset, query.selected)["logits"], dim=1).cpu()
+        confidence, suggested = probabilities.max(dim=1)
+        scores = [None] * query.selected.numel() if query.scores is None else query.scores.tolist()
+        self.items = [
+            BatchItem(row.id, row.path, self.classes[int(suggested[rank])], float(confidence[rank]), score, rank + 1)
+            for rank, (row, score) in enumerate(
+                zip((self.candidates[i - self.first_candidate] for i in query.selected.tolist()), scores, strict=True)
+            )
+        ]
+        model_file = f"models/round-{inputs.round_index}.pt"
+        dataset = inputs.dataset
+        architecture = Architecture(
+            classes=list(dataset.classes),
+            channels=dataset.image_shape[0],
+            image_size=dataset.image_shape[1],
+            mean=list(dataset.mean),
+            std=list(dataset.std),
+            width=inputs.config.model.width,
+            stem=model_stem(inputs.config, dataset.image_shape[1]),
+            aux_hidden=inputs.config.model.aux_hidden,
+        )
+        save_models(self.project / model_file, models.model, models.aux_model, architecture)
+        self.record(
+            inputs.round_index,
+            model_file=model_file,
+            accuracy=outcome.accuracy,
+            per_class=outcome.per_class_accuracy,
+            train_seconds=outcome.train_seconds,
+            query_seconds=query.seconds,
+        )
+
+    def record(
+        self,
+        round_index: int,
+        model_file: str | None = None,
+        accuracy: float | None = None,
+        per_class: list[float | None] | None = None,
+        train_seconds: float = 0.0,
+        query_seconds: float = 0.0,
+    ) -> Path:
+        """Write the batch folder, then the round and its queried images in one transaction."""
+        folder = batch_folder(self.project, round_index)
+        write_atomic(folder / "batch.csv", batch_csv(self.items))
+        tasks = label_studio_tasks(self.items, f"lplgrad-round-{round_index}", self.url_prefix)
+        write_atomic(folder / "label-studio.json", tasks)
+        write_atomic(folder / "label-studio-config.xml", label_studio_config(self.classes))
+        with db.transaction(self.conn):
+            record = {
+                "round": round_index,
+                "strategy": self.strategy,
+                "model_file": model_file,
+                "labeled": self.labeled_count,
+                "queried": len(self.items),
+                "accuracy": accuracy,
+                "accuracy_on": self.accuracy_on if accuracy is not None else None,
+                "per_class_accuracy": None if per_class is None else json.dumps(per_class),
+                "train_seconds": round(train_seconds, 3),
+                "query_seconds": round(query_seconds, 3),
+                "started": self.started,
+                "finished": datetime.now(UTC).isoformat(),
+            }
+            queried: list[tuple[object, ...]] = [
+                (i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in self.items
+            ]
+            db.add_round(self.conn, record, queried)
+        return folder
+
+
+class NoOracle:
+    """Under torchrun, the processes other than rank 0 help train and score and write nothing."""
+
+    def receive(self, inputs: RoundInputs, outcome: RoundOutcome, models: Models) -> None:
+        return None
