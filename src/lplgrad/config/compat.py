@@ -74,6 +74,8 @@ def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
         state["rows"] = [state["row"]]  # 0.1 kept only the last row
     if "loss_module" in state:
         state["aux_model"] = state.pop("loss_module")  # w_aux's weights, named so in 0.1
+    if "model" in state:  # 0.1 and 0.2: the weights as two loose state dicts
+        state["weights"] = {"format": None, "model": state.pop("model"), "aux_model": state.pop("aux_model")}
     return state
 
 

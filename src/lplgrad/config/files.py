@@ -8,59 +8,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from lplgrad.config.compat import migrate
 from lplgrad.config.schema import RunConfig, flatten, to_dict
 from lplgrad.errors import UserError
 
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
-
-# Keys renamed in 0.2, old -> new. Reading an old key maps it to the new one with a warning.
-RENAMED_KEYS = {
-    "train.epoch_loss": "train.detach_fraction",
-    "train.loss_weight": "train.ranking_weight",
-    "active.initial": "active.initial_size",
-    "active.query": "active.query_size",
-    "active.subset": "active.candidate_subset",
-    "active.mixed_precision": "active.score_bf16",
-    "model.loss_module_hidden": "model.aux_hidden",
-}
-# Keys where 0 meant "not set" before 0.2; now the key is simply absent (None).
-ZERO_MEANT_UNSET = ("active.budget", "data.image_size")
-# Keys added in 0.2, with the values that reproduce 0.1's training: a file written by 0.1 (it holds
-# renamed keys) gets these, so new dataset defaults never change a run started before them.
-ADDED_KEYS = {"train.min_steps": 0, "train.schedule": "multistep", "train.label_smoothing": 0.0}
-
-
-_warned: set[tuple[str, str]] = set()  # (source, old key): say it once per process
-
-
-def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Dotted keys of an earlier version mapped to today's names and values (warning once per key).
-
-    A renamed key given together with its new name is an error: which one was meant is unclear.
-    A 0 that meant "not set" becomes None, which still overrides a preset's value."""
-    migrated: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in RENAMED_KEYS:
-            new = RENAMED_KEYS[key]
-            if new in values:
-                raise UserError(f"{source} gives both {key} and {new} (its new name); keep {new}")
-            _warn_once(source, key, f"config key {key} is now {new}")
-            key = new
-        if key in ZERO_MEANT_UNSET and value == 0:
-            _warn_once(source, key, f"{key} = 0 meant 'not set'; leave the key out instead")
-            value = None
-        migrated[key] = value
-    if any(key in RENAMED_KEYS for key in values):
-        migrated = {**ADDED_KEYS, **migrated}
-    return migrated
-
-
-def _warn_once(source: str, key: str, message: str) -> None:
-    if (source, key) not in _warned:
-        _warned.add((source, key))
-        log.warning("%s: %s", source, message)
 
 
 def list_presets() -> list[str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lplgrad.config.compat import upgrade_checkpoint
 from lplgrad.errors import UserError
 from lplgrad.experiment.results import RESULTS_FILE, read_results, row_line
 from lplgrad.runtime.atomic_io import serialize, write_atomic, write_atomic_with
@@ -75,10 +76,7 @@ def load_checkpoint(out_dir: Path, strategy: str, trial: int) -> dict[str, Any] 
         raise DamagedCheckpoint(path, strategy, trial, "not a checkpoint file")
     try:
         state: dict[str, Any] = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        if "rows" not in state:
-            state["rows"] = [state["row"]]  # older checkpoints kept only their last row
-        if "loss_module" in state:
-            state["aux_model"] = state.pop("loss_module")  # w_aux's weights, named so before 0.2
+        state = upgrade_checkpoint(state)
     except Exception as error:  # torch raises many types for unreadable bytes
         raise DamagedCheckpoint(path, strategy, trial, f"unreadable: {type(error).__name__}") from error
     return state

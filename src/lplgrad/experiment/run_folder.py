@@ -29,6 +29,8 @@ from lplgrad.experiment.checkpoint import (
 )
 from lplgrad.experiment.loop import Learner
 from lplgrad.experiment.results import CONFIG_FILE, RESULTS_FILE, append_row, read_rows
+from lplgrad.models.build import architecture
+from lplgrad.models.model_file import model_state
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.runtime.folder_lock import LOCK_FILE, folder_lock
 
@@ -152,7 +154,6 @@ class RunFolderRecorder:
             "rows": self.rows,
         }
         if record.round + 1 < self.num_rounds:  # weights are only needed to continue
-            state["model"] = learner.model.state_dict()
-            state["aux_model"] = learner.aux_model.state_dict()
+            state["weights"] = model_state(learner.model, learner.aux_model, architecture(self.config, self.dataset))
         save_checkpoint(checkpoint_path(self.out_dir, record.strategy, record.trial), state)
         append_row(self.out_dir / RESULTS_FILE, row)

@@ -24,6 +24,7 @@ from lplgrad.experiment.loop import Learner, RoundObserver, run_rounds
 from lplgrad.experiment.progress import RoundLogger
 from lplgrad.experiment.run_folder import RunFolderRecorder, check_out_dir, hold_run_folder, prepare_out_dir
 from lplgrad.models.build import build_models
+from lplgrad.models.model_file import load_weights
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.runtime.distributed import is_writer, launched, local_rank_first, share
 from lplgrad.runtime.reproducibility import deterministic_algorithms
@@ -161,9 +162,8 @@ def _start(
         pool.label(initial, 0)
         return Learner(model, aux_model, pool)
     pool.labeled_at = state["labeled_at"].clone()
-    if "model" in state:
-        model.load_state_dict(state["model"])
-        aux_model.load_state_dict(state["aux_model"])
+    if "weights" in state:
+        load_weights(model, aux_model, state["weights"])
     return Learner(model, aux_model, pool)
 
 

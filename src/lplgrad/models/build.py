@@ -8,6 +8,7 @@ from torch import nn
 from lplgrad.config.schema import RunConfig
 from lplgrad.data import Dataset
 from lplgrad.models.loss_module import LossPredictionModule
+from lplgrad.models.model_file import Architecture
 from lplgrad.models.resnet import ResNet18
 
 
@@ -24,3 +25,17 @@ def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.d
         model = ResNet18(dataset.num_classes, dataset.image_shape[0], config.model.width, stem)  # type: ignore[arg-type]
         aux_model = LossPredictionModule(model.feature_channels, config.model.aux_hidden)
     return model.to(device), aux_model.to(device)
+
+
+def architecture(config: RunConfig, dataset: Dataset) -> Architecture:
+    """What ``build_models`` built for this config and data, as a model file records it."""
+    return Architecture(
+        classes=list(dataset.classes),
+        channels=dataset.image_shape[0],
+        image_size=dataset.image_shape[1],
+        mean=list(dataset.mean),
+        std=list(dataset.std),
+        width=config.model.width,
+        stem=model_stem(config, dataset.image_shape[1]),
+        aux_hidden=config.model.aux_hidden,
+    )

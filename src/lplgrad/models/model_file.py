@@ -58,6 +58,12 @@ def models_from_state(state: dict[str, Any]) -> tuple[nn.Module, nn.Module, Arch
     return model.eval(), aux_model.eval(), architecture
 
 
+def load_weights(model: nn.Module, aux_model: nn.Module, state: dict[str, Any]) -> None:
+    """Load ``model_state``'s weights into models already built for the same architecture (a resume)."""
+    model.load_state_dict(state["model"])
+    aux_model.load_state_dict(state["aux_model"])
+
+
 def save_models(path: Path, model: nn.Module, aux_model: nn.Module, architecture: Architecture) -> None:
     save_atomic(path, model_state(model, aux_model, architecture))
 

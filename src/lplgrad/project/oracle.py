@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from lplgrad.core.round import Models, RoundInputs, RoundOutcome
-from lplgrad.models.build import model_stem
-from lplgrad.models.model_file import Architecture, save_models
+from lplgrad.models.build import architecture
+from lplgrad.models.model_file import save_models
 from lplgrad.project import db
 from lplgrad.project.exchange import BatchItem, batch_csv, label_studio_config, label_studio_tasks
 from lplgrad.runtime.atomic_io import write_atomic
@@ -59,18 +59,8 @@ class PersonBatch:
             )
         ]
         model_file = f"models/round-{inputs.round_index}.pt"
-        dataset = inputs.dataset
-        architecture = Architecture(
-            classes=list(dataset.classes),
-            channels=dataset.image_shape[0],
-            image_size=dataset.image_shape[1],
-            mean=list(dataset.mean),
-            std=list(dataset.std),
-            width=inputs.config.model.width,
-            stem=model_stem(inputs.config, dataset.image_shape[1]),
-            aux_hidden=inputs.config.model.aux_hidden,
-        )
-        save_models(self.project / model_file, models.model, models.aux_model, architecture)
+        architecture_now = architecture(inputs.config, inputs.dataset)
+        save_models(self.project / model_file, models.model, models.aux_model, architecture_now)
         self.record(
             inputs.round_index,
             model_file=model_file,
