@@ -88,3 +88,27 @@ def test_keys_of_earlier_versions_are_mapped_with_a_warning(tmp_path, caplog) ->
     assert cfg.resolve(config_files.parse_set(["train.loss_weight=2"])).train.ranking_weight == 2.0
     written = config_files.to_toml(config)
     assert "budget" not in written and "initial_size = 30" in written
+
+
+def test_every_strategy_option_is_a_checked_config_key(tmp_path) -> None:
+    from lplgrad.experiment.runner import make_strategy
+    from lplgrad.strategies import list_strategies, strategy_class
+
+    keys = cfg.valid_keys()
+    for name in list_strategies():
+        for option in strategy_class(name).options():
+            assert f"strategy.{name}.{option}" in keys
+    config = cfg.resolve(config_files.parse_set(["strategy.bald.passes=50", "strategy.lplgrad.reduction=global"]))
+    assert make_strategy("bald", config).passes == 50  # type: ignore[attr-defined]
+    assert make_strategy("lplgrad", config).reduction == "global"  # type: ignore[attr-defined]
+    assert make_strategy("ent-gradnorm", config).reduction == "layer_sum"  # type: ignore[attr-defined]
+    (tmp_path / "run.toml").write_text(config_files.to_toml(config))  # a [strategy.bald] table
+    assert "[strategy.bald]" in (tmp_path / "run.toml").read_text()
+    assert cfg.resolve(config_files.read_toml(tmp_path / "run.toml")).strategy == config.strategy
+    for bad, message in [
+        ("strategy.bald.passes=many", "strategy.bald.passes expects int"),
+        ("strategy.bald.depth=3", "unknown config key 'strategy.bald.depth'"),
+        ("strategy.lplgrad.reduction=frobenius", "must be one of layer_sum, global"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            cfg.resolve(config_files.parse_set([bad]))

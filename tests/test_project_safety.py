@@ -80,7 +80,9 @@ def batch(client: TestClient) -> list[dict]:
 def pool_file(project: Path, image: int) -> Path:
     conn = db.connect(project, readonly=True)
     try:
-        return db.images(conn, "WHERE images.id = ?", (image,))[0].full_path
+        found = db.image(conn, image)
+        assert found is not None
+        return found.full_path
     finally:
         conn.close()
 
@@ -155,7 +157,7 @@ def test_add_refuses_the_test_images_and_never_registers_an_image_twice(project,
     counts = workflow.add(project, tmp_path / "pool" / "sub")  # a folder inside the pool folder
     assert counts["added"] == 3 and workflow.status(project)["images"] == before + 3
     conn = db.connect(project, readonly=True)
-    paths = [row.path for row in db.images(conn, "WHERE images.role = 'pool'")]
+    paths = [row.path for row in db.pool_images(conn)]
     conn.close()
     assert len(paths) == len(set(paths)) and "sub/new/000.png" in paths
 
@@ -221,7 +223,7 @@ def test_the_same_bytes_with_a_new_mtime_are_accepted_and_hashed_once(project, m
         os.utime(pool_file(project, image), ns=(10**18, 10**18))  # a restore from backup
     query(project, "random", k=3)
     conn = db.connect(project, readonly=True)
-    mtimes = {row.id: row.mtime_ns for row in db.images(conn, "WHERE images.id <= 3")}
+    mtimes = {row.id: row.mtime_ns for row in db.images(conn) if row.id <= 3}
     conn.close()
     assert set(mtimes.values()) == {10**18}  # the new stat is remembered
     hashed: list[Path] = []
@@ -482,7 +484,7 @@ def test_the_page_shows_the_newest_batch_first_and_skips_last_until_the_next_rou
 
 def test_query_says_what_it_does_and_status_shows_accuracy_per_class(project, caplog, capsys) -> None:
     conn = db.connect(project, readonly=True)
-    ids = [row.id for row in db.images(conn, "WHERE images.role = 'pool'")]
+    ids = [row.id for row in db.pool_images(conn)]
     conn.close()
     (project.parent / "l.csv").write_text("id,label\n" + "".join(f"{i},{CLASSES[i % 3]}\n" for i in ids[:9]))
     workflow.import_labels(project, [project.parent / "l.csv"])

@@ -76,7 +76,7 @@ def test_a_project_round_is_the_experiments_round_with_a_person_as_oracle(tmp_pa
             config.seed,
             2,
         ),
-        make_strategy(strategy, config.active),
+        make_strategy(strategy, config),
         Models(model, aux_model),
         KnownLabels(pool),
     )

@@ -78,20 +78,14 @@ def _toml_value(value: Any) -> str:
 
 def to_toml(config: RunConfig, leave_out: frozenset[str] = frozenset()) -> str:
     """The resolved configuration as TOML that ``read_toml`` reads back; None (not set) and the dotted
-    keys in ``leave_out`` are left out."""
-    table = {
-        section: (
-            {k: v for k, v in values.items() if f"{section}.{k}" not in leave_out}
-            if isinstance(values, dict)
-            else values
-        )
-        for section, values in to_dict(config).items()
-        if section not in leave_out
-    }
-    table = {k: v for k, v in table.items() if v != {}}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict) and v is not None]
-    for section, values in table.items():
-        if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+    keys in ``leave_out`` are left out. Nested tables (``strategy.<name>``) become [a.b] tables."""
+    flat = {k: v for k, v in flatten(to_dict(config)).items() if v is not None and k not in leave_out}
+    flat = {k: v for k, v in flat.items() if k.split(".", 1)[0] not in leave_out}
+    tables: dict[str, list[str]] = {}
+    for key, value in flat.items():
+        table, _, name = key.rpartition(".")
+        tables.setdefault(table, []).append(f"{name} = {_toml_value(value)}")
+    lines = tables.pop("", [])
+    for table, entries in tables.items():
+        lines += [f"\n[{table}]", *entries]
     return "\n".join(lines) + "\n"

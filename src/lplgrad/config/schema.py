@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lplgrad.data.loaders import dataset_defaults
-from lplgrad.errors import UserError
+from lplgrad.errors import UserError, quoted
 
 
 @dataclass
@@ -87,6 +87,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPUs)
     save_artifacts: bool = False  # features and confidences at 3 rounds, for t-SNE / confidence figures
+    # Options of one strategy, over the active.* scoring settings: {"bald": {"passes": 50}}, set as
+    # strategy.bald.passes = 50 (a [strategy.bald] table in TOML). Every dataclass field of a
+    # registered strategy is a key, checked like the others.
+    strategy: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # Keys that select a slice of a run; slices of one run may differ only in these.
@@ -114,14 +118,31 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def valid_keys() -> dict[str, Any]:
-    """Every dotted key and its type, e.g. {"train.lr": float, "seed": int, ...}."""
+    """Every dotted key and its type, e.g. {"train.lr": float, "seed": int, "strategy.bald.passes": int}."""
     keys: dict[str, Any] = {}
     for name, kind in _field_types(RunConfig).items():
-        if dataclasses.is_dataclass(kind):
+        if name == STRATEGY_SECTION:
+            keys.update(strategy_keys())
+        elif dataclasses.is_dataclass(kind):
             for sub, sub_kind in _field_types(kind).items():  # type: ignore[arg-type]
                 keys[f"{name}.{sub}"] = sub_kind
         else:
             keys[name] = kind
+    return keys
+
+
+STRATEGY_SECTION = "strategy"
+
+
+def strategy_keys() -> dict[str, Any]:
+    """strategy.<name>.<option> for every dataclass field of every registered strategy."""
+    from lplgrad.strategies import list_strategies, strategy_class  # the strategies import the data layer
+
+    keys: dict[str, Any] = {}
+    for name in list_strategies():
+        cls = strategy_class(name)
+        hints = _field_types(cls)
+        keys.update({f"{STRATEGY_SECTION}.{name}.{option}": hints[option] for option in cls.options()})
     return keys
 
 
@@ -144,6 +165,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if isinstance(value, str):
             return value
         raise bad
+    if typing.get_origin(kind) is typing.Literal:  # one of the listed values
+        if value in typing.get_args(kind):
+            return value
+        choices = ", ".join(map(str, typing.get_args(kind)))
+        raise UserError(f"{key} must be one of {choices}, got {quoted(value)}")
     if isinstance(kind, types.UnionType):  # X | None: None means "not set"
         if value is None:
             return None
@@ -187,7 +213,12 @@ def apply(config: RunConfig, values: dict[str, Any]) -> RunConfig:
             if dataclasses.is_dataclass(getattr(config, f.name))
         },
     )
+    config.strategy = {name: dict(options) for name, options in config.strategy.items()}
     for key, value in values.items():
+        if key.startswith(STRATEGY_SECTION + "."):
+            _, strategy, option = key.split(".", 2)
+            config.strategy.setdefault(strategy, {})[option] = value
+            continue
         section, _, name = key.rpartition(".")
         target = getattr(config, section) if section else config
         setattr(target, name, value)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lplgrad.config.schema import ActiveConfig, RunConfig
+from lplgrad.config.schema import RunConfig
 from lplgrad.core.pool import Pool
 from lplgrad.core.schedule import check_fits, labeled_schedule
 from lplgrad.core.seeds import SEED_INIT, SEED_INITIAL_SET, derive_seed
@@ -50,17 +50,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_strategy(name: str, active: ActiveConfig) -> Strategy:
-    """The strategy ``name`` with the scoring settings of the config that it declares (e.g. the
-    gradient-norm reduction), so the strict factory sees only options the strategy takes."""
+def make_strategy(name: str, config: RunConfig) -> Strategy:
+    """The strategy ``name`` with the scoring settings of ``config.active`` that it declares (e.g. the
+    gradient-norm reduction) and, over them, its own options (``strategy.<name>.<option>``)."""
     settings = {
-        "reduction": active.reduction,
-        "score_bf16": active.score_bf16,
-        "embeddings": active.embeddings,
-        "embeddings_index": active.embeddings_index,
+        "reduction": config.active.reduction,
+        "score_bf16": config.active.score_bf16,
+        "embeddings": config.active.embeddings,
+        "embeddings_index": config.active.embeddings_index,
     }
     declared = strategy_class(name).options()
-    return create_strategy(name, **{k: v for k, v in settings.items() if k in declared})
+    options = {k: v for k, v in settings.items() if k in declared} | config.strategy.get(name, {})
+    return create_strategy(name, **options)
 
 
 def run_experiment(
@@ -131,7 +132,7 @@ def _run_trials(
                 earlier = state["rows"] if state is not None else []
                 observers.insert(0, RunFolderRecorder(out_dir, config, dataset, len(sizes), earlier))
             first_round = state["round"] + 1 if state is not None else 0
-            strategy = make_strategy(name, active)
+            strategy = make_strategy(name, config)
             try:
                 records = run_rounds(config, dataset, strategy, trial, sizes, learner, first_round, observers, progress)
                 rows += [record.to_row() for record in records]

@@ -228,9 +228,49 @@ _IMAGE_COLUMNS = """
 """
 
 
-def images(conn: sqlite3.Connection, where: str = "", params: tuple[object, ...] = ()) -> list[ImageRow]:
+def _images(conn: sqlite3.Connection, where: str = "", params: tuple[object, ...] = ()) -> list[ImageRow]:
     rows = conn.execute(f"{_IMAGE_COLUMNS} {where} ORDER BY images.id", params).fetchall()
     return [ImageRow(**dict(row)) for row in rows]
+
+
+def images(conn: sqlite3.Connection) -> list[ImageRow]:
+    """Every registered image, by id."""
+    return _images(conn)
+
+
+def pool_images(conn: sqlite3.Connection) -> list[ImageRow]:
+    return _images(conn, "WHERE images.role = 'pool'")
+
+
+def labeled_test_images(conn: sqlite3.Connection) -> list[ImageRow]:
+    return _images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
+
+
+def image(conn: sqlite3.Connection, image_id: int, role: str | None = None) -> ImageRow | None:
+    """One image by id (of ``role``, when given), None if there is none."""
+    rows = _images(conn, "WHERE images.id = ? AND images.role = COALESCE(?, images.role)", (image_id, role))
+    return rows[0] if rows else None
+
+
+@dataclass(frozen=True)
+class QueriedImage:
+    """An image some round's batch holds, with what the model said of it then."""
+
+    round: int
+    rank: int
+    image: ImageRow
+    suggested: str | None
+    confidence: float | None
+
+
+def queried_images(conn: sqlite3.Connection) -> list[QueriedImage]:
+    """Every batch's images, by round and rank."""
+    rows = {row.id: row for row in _images(conn, "WHERE images.id IN (SELECT image_id FROM queried)")}
+    names = dict(conn.execute("SELECT id, name FROM classes").fetchall())
+    return [
+        QueriedImage(q["round"], q["rank"], rows[q["image_id"]], names.get(q["suggested_class_id"]), q["confidence"])
+        for q in conn.execute("SELECT * FROM queried ORDER BY round, rank")
+    ]
 
 
 def classes(conn: sqlite3.Connection) -> list[str]:
@@ -333,13 +373,9 @@ def roots(conn: sqlite3.Connection) -> dict[str, set[str]]:
     return found
 
 
-def images_under(conn: sqlite3.Connection, root: Path) -> list[ImageRow]:
-    return images(conn, "WHERE roots.path = ?", (str(root),))
-
-
 def duplicate_contents(conn: sqlite3.Connection) -> list[list[ImageRow]]:
     """Groups of registered images with the same sha256 (copies, hard links, symlinks of one file)."""
-    rows = images(conn, "WHERE images.sha256 IN (SELECT sha256 FROM images GROUP BY sha256 HAVING COUNT(*) > 1)")
+    rows = _images(conn, "WHERE images.sha256 IN (SELECT sha256 FROM images GROUP BY sha256 HAVING COUNT(*) > 1)")
     groups: dict[str, list[ImageRow]] = {}
     for row in rows:
         groups.setdefault(row.sha256, []).append(row)

@@ -43,23 +43,21 @@ def current_batch(project: Path) -> list[dict[str, Any]]:
         if not rounds:
             return []
         latest = int(rounds[-1]["round"])
-        queried = conn.execute("SELECT * FROM queried ORDER BY round, rank").fetchall()
-        images = {row.id: row for row in db.images(conn, "WHERE images.id IN (SELECT image_id FROM queried)")}
-        names = dict(conn.execute("SELECT id, name FROM classes").fetchall())
+        queried = db.queried_images(conn)
         skipped = db.skipped_in(conn, latest)
-    newest = [q for q in queried if q["round"] == latest]
-    earlier = [q for q in queried if q["round"] != latest and images[q["image_id"]].label is None]
-    earlier = [q for q in earlier if q["image_id"] not in {n["image_id"] for n in newest}]
+    newest = [q for q in queried if q.round == latest]
+    in_newest = {q.image.id for q in newest}
+    earlier = [q for q in queried if q.round != latest and q.image.label is None and q.image.id not in in_newest]
     items = [
         {
-            "id": q["image_id"],
-            "path": images[q["image_id"]].path,
-            "rank": q["rank"],
-            "round": q["round"],
-            "suggested": names.get(q["suggested_class_id"]),
-            "confidence": q["confidence"],
-            "label": images[q["image_id"]].label,
-            "skipped": q["image_id"] in skipped,
+            "id": q.image.id,
+            "path": q.image.path,
+            "rank": q.rank,
+            "round": q.round,
+            "suggested": q.suggested,
+            "confidence": q.confidence,
+            "label": q.image.label,
+            "skipped": q.image.id in skipped,
         }
         for q in newest + earlier
     ]
@@ -73,8 +71,7 @@ def answer(project: Path, image: int, label: str, annotator: str | None = None) 
         if label not in db.classes(conn):
             raise UserError(f"unknown class {quoted(label)}")
         with db.transaction(conn):
-            rows = db.images(conn, "WHERE images.id = ? AND images.role = 'pool'", (image,))
-            if not rows:
+            if db.image(conn, image, role="pool") is None:
                 raise UserError(f"no image with id {image} to label")
             current = db.label_of(conn, image)
             if current is not None:
@@ -115,10 +112,10 @@ def image_bytes(project: Path, image: int) -> tuple[bytes, str]:
     """(the registered bytes, the file's suffix) of an image, by id only (never from a path a request
     gives); raises ``ImageRefused`` when the file is gone or is not the one registered."""
     with closing(db.connect(project, readonly=True)) as conn:
-        rows = db.images(conn, "WHERE images.id = ?", (image,))
-    if not rows:
+        row = db.image(conn, image)
+    if row is None:
         raise ImageRefused(404, f"no image {image}")
-    return registered_bytes(rows[0]), Path(rows[0].path).suffix.lower()
+    return registered_bytes(row), Path(row.path).suffix.lower()
 
 
 def dashboard(project: Path) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def query(
         try:
             inputs: ProjectInputs = share(read_inputs(conn, project, k, subset, include_pending) if conn else None)
             name = strategy_name or inputs.config.active.strategies[0]
-            strategy = make_strategy(name, inputs.config.active)  # a bad name fails before any decoding
+            strategy = make_strategy(name, inputs.config)  # a bad name fails before any decoding
             oracle = _oracle(project, conn, inputs, name, url_prefix)
             if not inputs.labeled:
                 return _cold_start(project, inputs, oracle, k)
@@ -114,7 +114,7 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
             f"`lplgrad embed --project {project} --out FILE.npy` writes both"
         )
     round_index = len(db.rounds(conn)) + 1
-    pool = db.images(conn, "WHERE images.role = 'pool'")
+    pool = db.pool_images(conn)
     pending = set() if include_pending else db.pending_ids(conn)
     queryable = [row for row in pool if row.label is None and row.id not in pending]
     if len(queryable) < k:
@@ -127,7 +127,7 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
     )
     candidates = [queryable[i] for i in drawn.tolist()]
     labeled = [row for row in pool if row.label is not None]
-    test_rows = db.images(conn, "WHERE images.role = 'test' AND labels.image_id IS NOT NULL")
+    test_rows = db.labeled_test_images(conn)
     used = labeled + candidates + test_rows
     checked = check_unchanged(used)  # a changed file is an error here, before any training
     moved = moved_fingerprints(used, checked)

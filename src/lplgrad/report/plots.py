@@ -7,39 +7,25 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.colors
 import matplotlib.pyplot as plt
 import numpy as np
 
 from lplgrad.report.metrics import mean_std
+from lplgrad.strategies import list_strategies, strategy_class
 
 # Accuracy per method: {method: {labeled size: [accuracy of each trial]}}
 Curves = dict[str, dict[int, list[float]]]
 
 
-# Fixed per name, so registering a new strategy never recolors the others in later reports.
-METHOD_COLORS = {  # the tab10 slots these methods had before colors were fixed, so old figures match
-    "coreset": 0,
-    "ent-gradnorm": 1,
-    "entropy": 2,
-    "expected-gradnorm": 3,
-    "learning-loss": 4,
-    "least-confidence": 5,
-    "lplgrad": 6,
-    "margin": 7,
-    "random": 8,
-    "badge": 9,
-}
-# Later strategies take tab20's light shades (slot 2k + 1 lightens tab10's k), apart from the above.
-LIGHT_COLORS = {"bald": 3, "typiclust": 7, "probcover": 9, "batchbald": 11, "lplgrad-diverse": 13}
-
-
 def method_color(name: str) -> tuple[float, ...]:
-    """The same color for a method in every figure and every report: a fixed tab10 or light tab20
-    slot per known name, and for other names a tab10 slot derived from the name's characters."""
-    if name in LIGHT_COLORS:
-        return tuple(plt.get_cmap("tab20")(LIGHT_COLORS[name]))
-    index = METHOD_COLORS.get(name, sum(map(ord, name)))
-    return tuple(plt.get_cmap("tab10")(index % 10))
+    """The same color for a method in every figure and every report: the one its strategy declares
+    (``Strategy.color``), else (a strategy no longer registered, a custom name) a tab10 color
+    derived from the name's characters."""
+    declared = strategy_class(name).color if name in list_strategies() else None
+    if declared is not None:
+        return tuple(matplotlib.colors.to_rgba(declared))
+    return tuple(plt.get_cmap("tab10")(sum(map(ord, name)) % 10))
 
 
 def learning_curves(curves: Curves, path: Path, title: str) -> None:

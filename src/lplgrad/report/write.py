@@ -30,6 +30,7 @@ from lplgrad.experiment.results import CONFIG_FILE, RESULTS_FILE, read_results
 from lplgrad.report import plots
 from lplgrad.report.metrics import aubc, mean_std, paired_difference
 from lplgrad.runtime.atomic_io import write_atomic
+from lplgrad.strategies import list_strategies, strategy_class
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +196,16 @@ def timing_table(run: Run) -> list[str]:
 
 
 def ablation_table(run: Run) -> list[str]:
-    """Tables V/VI: lplgrad (with w_aux) vs ent-gradnorm (without) at 1/3, 1/2 and all of the budget."""
+    """Tables V/VI: each strategy next to its ablation (``Strategy.ablation_of``; lplgrad with w_aux
+    and ent-gradnorm without it) at 1/3, 1/2 and all of the budget."""
     acc = curves(run.rows)
-    if "lplgrad" not in acc or "ent-gradnorm" not in acc:
-        return ["(needs both lplgrad and ent-gradnorm)"]
+    pairs: list[tuple[str, str]] = []
+    for name in acc:
+        full = strategy_class(name).ablation_of if name in list_strategies() else None
+        if full is not None and full in acc:
+            pairs.append((full, name))
+    if not pairs:
+        return ["(needs a strategy and its ablation, e.g. lplgrad and ent-gradnorm)"]
     sizes = sorted({r["labeled"] for r in run.rows})
     picks = []
     for fraction in (1 / 3, 1 / 2, 1.0):
@@ -206,8 +213,9 @@ def ablation_table(run: Run) -> list[str]:
         picks.append(min(sizes, key=lambda s: (abs(s - target), -s)))  # ties: the larger size
     picks = list(dict.fromkeys(picks))
     lines = ["| method | " + " | ".join(str(s) for s in picks) + " |", "| --- |" + " --- |" * len(picks)]
-    for method, label in (("lplgrad", "LPLgrad (with w_aux)"), ("ent-gradnorm", "without w_aux (ent-gradnorm)")):
-        lines.append(f"| {label} | " + " | ".join(_pct(acc[method].get(s, [])) for s in picks) + " |")
+    for full, ablation in pairs:
+        for method, label in ((full, full), (ablation, f"{ablation} (ablation of {full})")):
+            lines.append(f"| {label} | " + " | ".join(_pct(acc[method].get(s, [])) for s in picks) + " |")
     return lines
 
 

@@ -60,7 +60,7 @@ def embed_project(project: Path, simclr: SimCLRConfig, out: Path) -> EmbedSummar
     start = time.perf_counter()
     db.require_project(project)
     with closing(db.connect(project, readonly=True)) as conn:
-        rows = db.images(conn, "WHERE images.role = 'pool'")
+        rows = db.pool_images(conn)
         classes, size = db.classes(conn), int(db.setting(conn, "image_size") or 64)
     config = read_settings(project)
     images = decode(rows, size)

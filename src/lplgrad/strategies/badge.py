@@ -66,6 +66,7 @@ class Badge(Strategy):
     """Diverse and uncertain: large gradient embeddings, spread out by k-means++ seeding."""
 
     name = "badge"
+    color = "#17becf"
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lplgrad.errors import UserError
 from lplgrad.scoring.uncertainty import entropy
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k, top_k
 from lplgrad.strategies.registry import register_strategy
@@ -43,6 +44,7 @@ class Bald(Strategy):
     """Bayesian active learning by disagreement, with MC dropout before the classifier."""
 
     name = "bald"
+    color = "#ffbb78"
     dropout: float = 0.5
     passes: int = 20
 
@@ -55,6 +57,6 @@ class Bald(Strategy):
     def score(self, ctx: QueryContext) -> Tensor:
         head = getattr(ctx.model, "fc", None)
         if not isinstance(head, nn.Module):
-            raise ValueError("bald needs a model whose classifier is its `fc` layer (lplgrad's ResNet18)")
+            raise UserError("bald needs a model whose classifier is its `fc` layer (lplgrad's ResNet18)")
         features = predict_all(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, embeddings=True)["embeddings"]
         return mutual_information(features, head, self.dropout, self.passes, ctx.generator)

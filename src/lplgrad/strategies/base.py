@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lplgrad.data import Dataset
+from lplgrad.errors import UserError
 from lplgrad.runtime.distributed import gather, shard
 
 
@@ -45,7 +46,7 @@ class Selection:
     scores: Tensor | None = None
 
 
-class QuerySizeError(ValueError):
+class QuerySizeError(UserError):
     """A query asked for no images, or for more than there are candidates (the pool is exhausted)."""
 
 
@@ -70,6 +71,8 @@ class Strategy:
 
     name: ClassVar[str] = ""
     uses_aux_model: ClassVar[bool] = False  # train w_aux jointly with w_main for this strategy
+    color: ClassVar[str | None] = None  # its color in every figure (None: one derived from the name)
+    ablation_of: ClassVar[str | None] = None  # the strategy this one is an ablation of (report Tables V/VI)
 
     @classmethod
     def options(cls) -> list[str]:

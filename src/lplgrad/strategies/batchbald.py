@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lplgrad.errors import UserError
 from lplgrad.strategies.base import QueryContext, Selection, Strategy, check_k
 from lplgrad.strategies.registry import register_strategy
 from lplgrad.train.inference import predict_all
@@ -108,6 +109,7 @@ class BatchBald(Strategy):
     subset) small on a CPU."""
 
     name = "batchbald"
+    color = "#c49c94"
     dropout: float = 0.5
     passes: int = 20
     configurations: int = 1000
@@ -116,7 +118,7 @@ class BatchBald(Strategy):
         check_k(k, ctx.candidates.numel())
         head = getattr(ctx.model, "fc", None)
         if not isinstance(head, nn.Module):
-            raise ValueError("batchbald needs a model whose classifier is its `fc` layer (lplgrad's ResNet18)")
+            raise UserError("batchbald needs a model whose classifier is its `fc` layer (lplgrad's ResNet18)")
         candidates = ctx.candidates.cpu().sort().values
         features = predict_all(ctx.model, ctx.dataset, candidates, ctx.batch_size, embeddings=True)["embeddings"]
         probabilities = shared_mask_probabilities(features, head, self.dropout, self.passes, ctx.generator)

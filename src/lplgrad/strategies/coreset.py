@@ -42,6 +42,7 @@ def k_center_greedy(points: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Te
 @dataclass(frozen=True)
 class CoreSet(Strategy):
     name = "coreset"
+    color = "#1f77b4"
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())

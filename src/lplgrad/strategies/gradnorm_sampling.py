@@ -46,6 +46,7 @@ class LPLgrad(_GradNormStrategy):
     """LPLgrad (Gul et al.): train w_main with w_aux, query by the entropy gradient norm."""
 
     name = "lplgrad"
+    color = "#e377c2"
     uses_aux_model = True
 
 
@@ -55,6 +56,8 @@ class EntGradNorm(_GradNormStrategy):
     """Entropy gradient norm on a model trained without w_aux (Wang et al. 2022; LPLgrad "w/o w_aux")."""
 
     name = "ent-gradnorm"
+    color = "#ff7f0e"
+    ablation_of = "lplgrad"  # the paper's "w/o w_aux": the same query, no auxiliary model
 
 
 @register_strategy
@@ -63,6 +66,7 @@ class ExpectedGradNorm(_GradNormStrategy):
     """Expected cross-entropy gradient norm over the posterior (Wang et al. 2022, scheme 0)."""
 
     name = "expected-gradnorm"
+    color = "#d62728"
     loss = "expected"
 
 
@@ -74,6 +78,7 @@ class LPLgradDiverse(_GradNormStrategy):
     (farthest from the labeled set and from earlier picks), so a batch is not k near-duplicates."""
 
     name = "lplgrad-diverse"
+    color = "#f7b6d2"
     uses_aux_model = True
     pool_factor: int = 10
 

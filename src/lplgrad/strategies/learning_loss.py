@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from lplgrad.errors import UserError
 from lplgrad.strategies.base import QueryContext, Strategy
 from lplgrad.strategies.registry import register_strategy
 from lplgrad.train.inference import predict
@@ -15,10 +16,11 @@ from lplgrad.train.inference import predict
 @dataclass(frozen=True)
 class LearningLoss(Strategy):
     name = "learning-loss"
+    color = "#9467bd"
     uses_aux_model = True
 
     def score(self, ctx: QueryContext) -> Tensor:
         if ctx.aux_model is None:
-            raise ValueError("learning-loss needs w_aux (the loss prediction module) trained with the model")
+            raise UserError("learning-loss needs w_aux (the loss prediction module) trained with the model")
         out = predict(ctx.model, ctx.dataset, ctx.candidates, ctx.batch_size, aux_model=ctx.aux_model)
         return out["predicted_loss"]

@@ -14,6 +14,7 @@ from lplgrad.strategies.registry import register_strategy
 @dataclass(frozen=True)
 class RandomSampling(Strategy):
     name = "random"
+    color = "#bcbd22"
 
     def select(self, ctx: QueryContext, k: int) -> Selection:
         check_k(k, ctx.candidates.numel())

@@ -168,6 +168,7 @@ class TypiClust(_OnEmbeddings):
     """Typical images of the largest uncovered clusters (Hacohen, Dekel & Weinshall 2022)."""
 
     name = "typiclust"
+    color = "#ff9896"
 
     def picks(self, labeled: Tensor, pool: Tensor, k: int, ctx: QueryContext) -> tuple[Tensor, Tensor]:
         return typiclust_picks(labeled, pool, k, ctx.generator)
@@ -179,6 +180,7 @@ class ProbCover(_OnEmbeddings):
     """Maximum coverage by pure balls (Yehuda, Dekel, Hacohen & Weinshall 2022)."""
 
     name = "probcover"
+    color = "#c5b0d5"
 
     def picks(self, labeled: Tensor, pool: Tensor, k: int, ctx: QueryContext) -> tuple[Tensor, Tensor]:
         points = torch.cat([labeled, pool])

@@ -22,6 +22,7 @@ class Entropy(Strategy):
     """Max predictive entropy (Shannon); the paper's "Entropy" baseline."""
 
     name = "entropy"
+    color = "#2ca02c"
 
     def score(self, ctx: QueryContext) -> Tensor:
         return uncertainty.entropy(_logits(ctx))
@@ -33,6 +34,7 @@ class Margin(Strategy):
     """Smallest gap between the two most probable classes."""
 
     name = "margin"
+    color = "#7f7f7f"
 
     def score(self, ctx: QueryContext) -> Tensor:
         return uncertainty.margin(_logits(ctx))
@@ -44,6 +46,7 @@ class LeastConfidence(Strategy):
     """Lowest top-class probability."""
 
     name = "least-confidence"
+    color = "#8c564b"
 
     def score(self, ctx: QueryContext) -> Tensor:
         return uncertainty.least_confidence(_logits(ctx))
