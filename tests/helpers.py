@@ -50,3 +50,13 @@ def make_images(root: Path, count: int, seed: int = 0, folders: bool = False) ->
         Image.fromarray(pixels).save(root / relative)
         truth[relative] = label
     return truth
+
+
+def write_images(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> None:
+    """Random-pixel PNGs in class folders: ``classes`` maps a class name to its image count."""
+    rng = np.random.default_rng(seed)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")

@@ -8,15 +8,7 @@ from lplgrad.config.schema import DataConfig
 from lplgrad.data import imagefolder
 from lplgrad.data.loaders import load_dataset
 from lplgrad.errors import UserError
-
-
-def write_images(root: Path, classes: dict[str, int], size: int = 12, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for name, count in classes.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
+from tests.helpers import write_images
 
 
 def test_train_test_layout_and_cache(tmp_path, monkeypatch) -> None:

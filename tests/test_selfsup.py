@@ -18,8 +18,7 @@ from lplgrad.data.loaders import load_dataset
 from lplgrad.errors import UserError
 from lplgrad.selfsup.simclr import SimCLRConfig, SimCLRModel, embed_images, nt_xent, train_simclr
 from lplgrad.selfsup.views import ViewSettings, random_views
-from tests.helpers import make_dataset
-from tests.test_imagefolder import write_images
+from tests.helpers import make_dataset, write_images
 
 
 def reference_nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
