@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lplgrad.cli import project as project_commands
+from lplgrad.config import compat
 from lplgrad.config import files as config_files
 from lplgrad.config import schema as cfg
 from lplgrad.data.loaders import check_dataset_name, list_datasets
@@ -70,13 +71,20 @@ def _run_parser(sub: Any) -> None:
     run.add_argument("--preset", help="a shipped preset (see `lplgrad presets`); other options override it")
     run.add_argument("--trials", type=int, help="number of trials; trial t uses seed + t")
     run.add_argument("--trial-offset", type=int, help="first trial to run (to split trials across machines)")
-    run.add_argument("--initial-size", "--initial", dest="initial", type=int, help="random initial labeled set (B)")
-    run.add_argument("--query-size", "--query", dest="query", type=int, help="images labeled per round")
+    aliases = compat.FLAG_ALIASES  # the short names of 0.1
+    run.add_argument(
+        "--initial-size", *aliases["--initial-size"], dest="initial", type=int, help="random initial labeled set (B)"
+    )
+    run.add_argument("--query-size", *aliases["--query-size"], dest="query", type=int, help="images labeled per round")
     stop = run.add_mutually_exclusive_group()
     stop.add_argument("--rounds", type=int, help="training rounds (rounds - 1 queries); overrides a preset's budget")
     stop.add_argument("--budget", type=int, help="final labeled-set size (A); overrides rounds")
     run.add_argument(
-        "--candidate-subset", "--subset", dest="subset", type=int, help="unlabeled candidates scored per round (R)"
+        "--candidate-subset",
+        *aliases["--candidate-subset"],
+        dest="subset",
+        type=int,
+        help="unlabeled candidates scored per round (R)",
     )
     run.add_argument("--epochs", type=int, help="training epochs per round")
     run.add_argument("--width", type=int, help="ResNet-18 base width (64 in the paper)")
