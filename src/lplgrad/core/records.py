@@ -1,10 +1,40 @@
-"""The record of one finished round: the schema of a results.jsonl line."""
+"""The record of one finished round: what it measured (shared by both stores), and the schema of a
+results.jsonl line. A labeling project's rounds table holds the same ``Measured`` fields."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lplgrad.core.round import RoundOutcome
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a round measured, computed once from ``run_round``'s outcome for both the experiment's
+    results row and the labeling project's rounds table."""
+
+    accuracy: float | None  # fraction; None: not measured (a project with too few labels)
+    per_class_accuracy: list[float | None] | None  # None for a class absent from the measured images
+    train_seconds: float
+    steps: int  # optimizer steps the round trained (train.min_steps may add epochs)
+    epochs: int
+    query_seconds: float
+    candidates: int  # unlabeled images scored (0 in an experiment's last round)
+
+    @classmethod
+    def of(cls, outcome: RoundOutcome) -> Measured:
+        return cls(
+            accuracy=outcome.accuracy,
+            per_class_accuracy=outcome.per_class_accuracy,
+            train_seconds=round(outcome.train_seconds, 3),
+            steps=outcome.fit.steps,
+            epochs=outcome.fit.epochs,
+            query_seconds=round(outcome.query.seconds, 3),
+            candidates=outcome.query.candidates,
+        )
 
 
 @dataclass(frozen=True)

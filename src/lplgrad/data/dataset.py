@@ -97,3 +97,23 @@ def channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...],
     mean = total / count
     std = (total_sq / count - mean * mean).clamp(min=1e-12).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def dataset_of(
+    name: str,
+    train: Split,
+    test: Split,
+    classes: list[str],
+    flip: bool = True,
+    stats_of: Tensor | None = None,
+    train_files: tuple[str, ...] = (),
+    skipped_files: tuple[str, ...] = (),
+) -> Dataset:
+    """A Dataset as every loader, a labeling round and ``lplgrad embed`` build one: normalised by the
+    per-channel mean/std of ``stats_of`` (default: the training images; a project passes its labeled
+    ones, since its other training rows are candidates), augmented by a random crop with padding
+    size / 8 (at least 1) and, with ``flip``, a horizontal flip."""
+    mean, std = channel_stats(train.images if stats_of is None else stats_of)
+    size = train.images.shape[-1]
+    augment = Augment(crop_padding=max(1, size // 8), flip=flip)
+    return Dataset(name, train, test, classes, mean, std, augment, skipped_files, train_files)

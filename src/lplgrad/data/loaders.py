@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from lplgrad.data.augment import Augment
-from lplgrad.data.dataset import Dataset, Split, channel_stats
+from lplgrad.data.dataset import Dataset, Split, dataset_of
 from lplgrad.data.imagefolder import decode_folder, default_cache_dir
 from lplgrad.errors import UserError
 
@@ -121,9 +120,7 @@ def _holdout(images: torch.Tensor, labels: torch.Tensor, config: DataConfig) -> 
 
 
 def _make(name: str, train: Split, test: Split, classes: list[str], flip: bool) -> Dataset:
-    mean, std = channel_stats(train.images)
-    size = train.images.shape[-1]
-    return Dataset(name, train, test, classes, mean, std, Augment(crop_padding=max(1, size // 8), flip=flip))
+    return dataset_of(name, train, test, classes, flip=flip)
 
 
 def _data_root(config: DataConfig) -> Path:

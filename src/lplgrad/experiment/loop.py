@@ -15,7 +15,7 @@ from torch import nn
 
 from lplgrad.config.schema import RunConfig
 from lplgrad.core.pool import Pool
-from lplgrad.core.records import RoundRecord
+from lplgrad.core.records import Measured, RoundRecord
 from lplgrad.core.round import KnownLabels, Models, RoundInputs, draw_candidates, run_round
 from lplgrad.core.seeds import SEED_INIT, derive_seed
 from lplgrad.data import Dataset
@@ -80,21 +80,21 @@ def run_rounds(
         except TrainingDiverged as error:
             error.round = round_index
             raise
-        query = outcome.query
-        assert outcome.accuracy is not None and outcome.per_class_accuracy is not None  # an experiment always measures
+        query, measured = outcome.query, Measured.of(outcome)
+        assert measured.accuracy is not None and measured.per_class_accuracy is not None  # an experiment measures
         record = RoundRecord(
             strategy=strategy.name,
             trial=trial,
             seed=trial_seed,
             round=round_index,
             labeled=sizes[round_index],
-            test_accuracy=outcome.accuracy,
-            per_class_accuracy=outcome.per_class_accuracy,
-            train_seconds=round(outcome.train_seconds, 3),
-            steps=outcome.fit.steps,
-            epochs=outcome.fit.epochs,
-            query_seconds=round(query.seconds, 3),
-            candidates=query.candidates,
+            test_accuracy=measured.accuracy,
+            per_class_accuracy=measured.per_class_accuracy,
+            train_seconds=measured.train_seconds,
+            steps=measured.steps,
+            epochs=measured.epochs,
+            query_seconds=measured.query_seconds,
+            candidates=measured.candidates,
             selected=query.selected.tolist(),
             selected_labels=dataset.train.labels[query.selected.to(dataset.train.labels.device)].tolist(),
             selected_scores=None if query.scores is None else query.scores.tolist(),

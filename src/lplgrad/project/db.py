@@ -8,6 +8,7 @@ path relative to one of the project's roots, never copied.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from lplgrad.core.records import Measured
 from lplgrad.errors import UserError
 
 DB_FILE = "project.db"
@@ -75,6 +77,9 @@ MIGRATIONS = [
     -- so an unchanged (size, mtime, ctime) means unchanged bytes. NULL (older projects): hash once.
     ALTER TABLE images ADD COLUMN ctime_ns INTEGER;
     ALTER TABLE rounds ADD COLUMN per_class_accuracy TEXT;  -- JSON list in class order, null where a class is absent
+    ALTER TABLE rounds ADD COLUMN steps INTEGER;  -- optimizer steps trained (core.records.Measured)
+    ALTER TABLE rounds ADD COLUMN epochs INTEGER;
+    ALTER TABLE rounds ADD COLUMN candidates INTEGER;  -- unlabeled images scored
     -- Images the page skipped in a round's batch: shown after the others until the next round.
     CREATE TABLE skipped (
         image_id INTEGER PRIMARY KEY REFERENCES images(id),
@@ -415,15 +420,49 @@ def skipped_in(conn: sqlite3.Connection, round_index: int) -> set[int]:
     return {row[0] for row in conn.execute("SELECT image_id FROM skipped WHERE round = ?", (round_index,))}
 
 
-def add_round(conn: sqlite3.Connection, record: dict[str, object], queried: list[tuple[object, ...]]) -> None:
+@dataclass(frozen=True)
+class RoundRow:
+    """A finished round of a labeling project: what was done, and what it measured (``Measured``,
+    the fields an experiment's results row has too; None for a cold start, which trains nothing)."""
+
+    round: int
+    strategy: str
+    model_file: str | None  # relative to the project
+    labeled: int  # labeled pool images the round read (held-out ones included)
+    queried: int
+    accuracy_on: str | None  # "test", "holdout" or None
+    started: str
+    finished: str
+    measured: Measured | None = None
+
+
+def add_round(conn: sqlite3.Connection, record: RoundRow, queried: list[tuple[object, ...]]) -> None:
     """A finished round and its queried images: (image id, rank, score, suggested class name, confidence)."""
-    columns = ", ".join(record)
-    conn.execute(f"INSERT INTO rounds ({columns}) VALUES ({', '.join('?' * len(record))})", tuple(record.values()))
+    m = record.measured
+    values = {
+        "round": record.round,
+        "strategy": record.strategy,
+        "model_file": record.model_file,
+        "labeled": record.labeled,
+        "queried": record.queried,
+        "accuracy_on": record.accuracy_on if m is not None and m.accuracy is not None else None,
+        "started": record.started,
+        "finished": record.finished,
+        "accuracy": None if m is None else m.accuracy,
+        "per_class_accuracy": None if m is None or m.per_class_accuracy is None else json.dumps(m.per_class_accuracy),
+        "train_seconds": 0.0 if m is None else m.train_seconds,
+        "query_seconds": 0.0 if m is None else m.query_seconds,
+        "steps": None if m is None else m.steps,
+        "epochs": None if m is None else m.epochs,
+        "candidates": None if m is None else m.candidates,
+    }
+    columns = ", ".join(values)  # the names above, never input
+    conn.execute(f"INSERT INTO rounds ({columns}) VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
     class_ids = {name: i for i, name in conn.execute("SELECT id, name FROM classes").fetchall()}
     conn.executemany(
         "INSERT INTO queried (round, image_id, rank, score, suggested_class_id, confidence) VALUES (?, ?, ?, ?, ?, ?)",
         [
-            (record["round"], image, rank, score, None if suggested is None else class_ids[str(suggested)], confidence)
+            (record.round, image, rank, score, None if suggested is None else class_ids[str(suggested)], confidence)
             for image, rank, score, suggested, confidence in queried
         ],
     )

@@ -9,7 +9,6 @@ next query); after it, the round is complete.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lplgrad.core.records import Measured
 from lplgrad.core.round import Models, RoundInputs, RoundOutcome
 from lplgrad.models.build import architecture
 from lplgrad.models.model_file import save_models
@@ -61,49 +61,31 @@ class PersonBatch:
         model_file = f"models/round-{inputs.round_index}.pt"
         architecture_now = architecture(inputs.config, inputs.dataset)
         save_models(self.project / model_file, models.model, models.aux_model, architecture_now)
-        self.record(
-            inputs.round_index,
-            model_file=model_file,
-            accuracy=outcome.accuracy,
-            per_class=outcome.per_class_accuracy,
-            train_seconds=outcome.train_seconds,
-            query_seconds=query.seconds,
-        )
+        self.record(inputs.round_index, model_file, Measured.of(outcome))
 
-    def record(
-        self,
-        round_index: int,
-        model_file: str | None = None,
-        accuracy: float | None = None,
-        per_class: list[float | None] | None = None,
-        train_seconds: float = 0.0,
-        query_seconds: float = 0.0,
-    ) -> Path:
+    def record(self, round_index: int, model_file: str | None = None, measured: Measured | None = None) -> Path:
         """Write the batch folder, then the round and its queried images in one transaction."""
         folder = batch_folder(self.project, round_index)
         write_atomic(folder / "batch.csv", batch_csv(self.items))
         tasks = label_studio_tasks(self.items, f"lplgrad-round-{round_index}", self.url_prefix)
         write_atomic(folder / "label-studio.json", tasks)
         write_atomic(folder / "label-studio-config.xml", label_studio_config(self.classes))
+        row = db.RoundRow(
+            round=round_index,
+            strategy=self.strategy,
+            model_file=model_file,
+            labeled=self.labeled_count,
+            queried=len(self.items),
+            accuracy_on=self.accuracy_on,
+            started=self.started,
+            finished=datetime.now(UTC).isoformat(),
+            measured=measured,
+        )
+        queried: list[tuple[object, ...]] = [
+            (i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in self.items
+        ]
         with db.transaction(self.conn):
-            record = {
-                "round": round_index,
-                "strategy": self.strategy,
-                "model_file": model_file,
-                "labeled": self.labeled_count,
-                "queried": len(self.items),
-                "accuracy": accuracy,
-                "accuracy_on": self.accuracy_on if accuracy is not None else None,
-                "per_class_accuracy": None if per_class is None else json.dumps(per_class),
-                "train_seconds": round(train_seconds, 3),
-                "query_seconds": round(query_seconds, 3),
-                "started": self.started,
-                "finished": datetime.now(UTC).isoformat(),
-            }
-            queried: list[tuple[object, ...]] = [
-                (i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in self.items
-            ]
-            db.add_round(self.conn, record, queried)
+            db.add_round(self.conn, row, queried)
         return folder
 
 

@@ -21,7 +21,8 @@ import torch
 from lplgrad.config.schema import RunConfig
 from lplgrad.core.round import Models, Oracle, RoundInputs, draw_candidates, run_round
 from lplgrad.core.seeds import SEED_HOLDOUT, SEED_INIT, derive_seed, generator
-from lplgrad.data import Augment, Dataset, Split, channel_stats
+from lplgrad.data import Dataset, Split
+from lplgrad.data.dataset import dataset_of
 from lplgrad.errors import UserError
 from lplgrad.experiment.runner import make_strategy, resolve_device
 from lplgrad.models.build import build_models
@@ -246,15 +247,12 @@ def round_dataset(inputs: ProjectInputs) -> tuple[Dataset, torch.Tensor, str | N
         measured_on = "holdout"
     else:
         test = Split(images[:1], labels[:1])  # too few labels to measure; nothing is reported
-    mean, std = channel_stats(images[: len(labeled)])
-    dataset = Dataset(
+    dataset = dataset_of(
         "project",
         Split(images, train_labels),
         test,
         classes,
-        mean,
-        std,
-        Augment(crop_padding=max(1, size // 8), flip=True),
+        stats_of=images[: len(labeled)],
         train_files=project_keys(labeled + candidates),  # for an embeddings index (typiclust, probcover)
     )
     return dataset, train_ids, measured_on

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from lplgrad.config.schema import RunConfig
-from lplgrad.data import Augment, Dataset, Split, channel_stats, load_dataset
+from lplgrad.data import Dataset, Split, load_dataset
+from lplgrad.data.dataset import dataset_of
 from lplgrad.data.embeddings import index_path, write_embeddings
 from lplgrad.errors import UserError
 from lplgrad.experiment.runner import resolve_device
@@ -64,9 +65,8 @@ def embed_project(project: Path, simclr: SimCLRConfig, out: Path) -> EmbedSummar
         classes, size = db.classes(conn), int(db.setting(conn, "image_size") or 64)
     config = read_settings(project)
     images = decode(rows, size)
-    mean, std = channel_stats(images)
     pool = Split(images, torch.zeros(len(rows), dtype=torch.long))  # labels are never read
-    dataset = Dataset("project", pool, pool, classes, mean, std, Augment(), train_files=project_keys(rows))
+    dataset = dataset_of("project", pool, pool, classes, train_files=project_keys(rows))  # SimCLR makes its own views
     return _embed(dataset, config, simclr, out, start)
 
 
