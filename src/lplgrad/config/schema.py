@@ -37,6 +37,8 @@ class ModelConfig:
     width: int = 64  # channels of ResNet-18's first stage (64 in the paper)
     stem: str = "auto"  # auto (cifar for images <= 64 px, else imagenet) | cifar | imagenet
     aux_hidden: int = 128  # hidden units per feature level in w_aux, the loss prediction module
+    backbone: str = "resnet18"  # resnet18 (from scratch) | efficientnet-lite0 | torchvision:NAME (models/backbones.py)
+    weights: str = "default"  # default | imagenet | none | a state-dict file (default: ImageNet if pretrained)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class TrainConfig:
     schedule: str = "multistep"  # multistep (x gamma at the milestones) | cosine (lr to 0 over all steps)
     label_smoothing: float = 0.0  # of the main model's cross-entropy (w_aux still ranks the plain CE)
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over the whole batch, not a shard
+    finetune: str = "all"  # all: train every weight | head: a linear head on the frozen backbone's cached features
 
 
 @dataclass
@@ -260,6 +263,7 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"train.min_steps must be >= 0, got {config.train.min_steps}")
     if config.train.schedule not in ("multistep", "cosine"):
         raise UserError(f"train.schedule must be multistep or cosine, got {config.train.schedule!r}")
+    _check_backbone(config)
     if not 0 <= config.train.label_smoothing < 1:
         raise UserError(f"train.label_smoothing must be in [0, 1), got {config.train.label_smoothing}")
     active = config.active
@@ -316,6 +320,26 @@ def _check_training_numbers(train: TrainConfig) -> None:
     for key, value, ok, rule in checks:
         if not ok:  # NaN fails every comparison, so it lands here too
             raise UserError(f"{key} must be {rule}, got {value}")
+
+
+def _check_backbone(config: RunConfig) -> None:
+    """model.backbone, model.weights and train.finetune agree (the weights themselves load later)."""
+    backbone, finetune = config.model.backbone, config.train.finetune
+    if backbone != "resnet18" and backbone != "efficientnet-lite0" and not backbone.startswith("torchvision:"):
+        raise UserError(
+            f"unknown backbone {backbone!r}; choose one of: resnet18, efficientnet-lite0, torchvision:NAME (a ResNet)"
+        )
+    if finetune not in ("all", "head"):
+        raise UserError(f"train.finetune must be all or head, got {finetune!r}")
+    if backbone == "resnet18" and config.model.weights not in ("default", "none"):
+        raise UserError("resnet18 trains from scratch (model.weights = none); pretrained: efficientnet-lite0")
+    if backbone == "resnet18" and finetune == "head":
+        raise UserError("train.finetune = head needs a pretrained backbone, e.g. model.backbone = efficientnet-lite0")
+    if backbone != "resnet18" and finetune != "head":
+        raise UserError(
+            f"{backbone} is used frozen, with a linear head on its cached features: set train.finetune = head "
+            "(fine-tuning its stages is not built yet)"
+        )
 
 
 def to_dict(config: RunConfig) -> dict[str, Any]:

@@ -48,6 +48,9 @@ class Dataset:
     augment: Augment
     skipped_files: tuple[str, ...] = ()  # files of an image folder that could not be decoded
     train_files: tuple[str, ...] = ()  # an image folder's training files (relative to it), one per train row
+    # Non-empty when the "images" are a frozen backbone's pooled features [N, sum(C_k), 1, 1]
+    # (train.finetune = head): the channels of each of its four feature levels.
+    feature_channels: tuple[int, ...] = ()
     _mean: Tensor = field(init=False, repr=False, compare=False)  # [1, C, 1, 1] on the data's device
     _std: Tensor = field(init=False, repr=False, compare=False)
 
@@ -77,6 +80,8 @@ class Dataset:
         so ``.contiguous()`` keeps it, and convolutions would then pick channels_last kernels.
         """
         x = images.to(torch.float32, memory_format=torch.contiguous_format)
+        if images.dtype != torch.uint8:  # a frozen backbone's cached features: already what the head reads
+            return x
         return self.standardize(x / 255.0)
 
     def standardize(self, x: Tensor) -> Tensor:
@@ -108,11 +113,16 @@ def dataset_of(
     stats_of: Tensor | None = None,
     train_files: tuple[str, ...] = (),
     skipped_files: tuple[str, ...] = (),
+    feature_channels: tuple[int, ...] = (),
 ) -> Dataset:
     """A Dataset as every loader, a labeling round and ``lplgrad embed`` build one: normalised by the
     per-channel mean/std of ``stats_of`` (default: the training images; a project passes its labeled
     ones, since its other training rows are candidates), augmented by a random crop with padding
-    size / 8 (at least 1) and, with ``flip``, a horizontal flip."""
+    size / 8 (at least 1) and, with ``flip``, a horizontal flip. With ``feature_channels`` the
+    "images" are a frozen backbone's pooled features: neither normalised nor augmented."""
+    if feature_channels:
+        none = Augment(crop_padding=0, flip=False)
+        return Dataset(name, train, test, classes, (0.0,), (1.0,), none, skipped_files, train_files, feature_channels)
     mean, std = channel_stats(train.images if stats_of is None else stats_of)
     size = train.images.shape[-1]
     augment = Augment(crop_padding=max(1, size // 8), flip=flip)

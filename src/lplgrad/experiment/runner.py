@@ -19,6 +19,7 @@ from lplgrad.core.pool import Pool
 from lplgrad.core.schedule import check_fits, labeled_schedule
 from lplgrad.core.seeds import SEED_INIT, SEED_INITIAL_SET, derive_seed
 from lplgrad.data import Dataset, load_dataset
+from lplgrad.data.imagefolder import default_cache_dir
 from lplgrad.errors import UserError
 from lplgrad.experiment.loop import Learner, RoundObserver, run_rounds
 from lplgrad.experiment.progress import RoundLogger
@@ -29,6 +30,7 @@ from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.runtime.distributed import is_writer, launched, local_rank_first, share
 from lplgrad.runtime.reproducibility import deterministic_algorithms
 from lplgrad.strategies import Strategy, create_strategy, strategy_class
+from lplgrad.train.features import cached_features_dataset
 from lplgrad.train.fit import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,9 @@ def _run_trials(
 ) -> list[dict[str, Any]]:
     with local_rank_first():  # under torchrun one process per machine downloads / decodes, then the others read
         dataset = (dataset or load_dataset(config.data)).to(device)
+        if config.train.finetune == "head":  # a linear head on the frozen backbone's features, computed once
+            cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+            dataset = cached_features_dataset(dataset, config.model.backbone, config.model.weights, cache)
     pool_size = len(dataset.train)
     active = config.active
     sizes = labeled_schedule(active.initial_size, active.query_size, active.rounds, active.budget)

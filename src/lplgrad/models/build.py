@@ -7,6 +7,7 @@ from torch import nn
 
 from lplgrad.config.schema import RunConfig
 from lplgrad.data import Dataset
+from lplgrad.models.head import FeatureHead
 from lplgrad.models.loss_module import LossPredictionModule
 from lplgrad.models.model_file import Architecture
 from lplgrad.models.resnet import ResNet18
@@ -18,11 +19,17 @@ def model_stem(config: RunConfig, height: int) -> str:
 
 
 def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Seeded w_main (ResNet-18, stem by image size) and w_aux (its loss prediction module), on ``device``."""
-    stem = model_stem(config, dataset.image_shape[1])
+    """Seeded w_main and w_aux (its loss prediction module), on ``device``: ResNet-18 (stem by image
+    size) on images, or, on a frozen backbone's cached features (``train.finetune = head``), a
+    linear head whose w_aux reads the backbone's four pooled feature levels."""
     with torch.random.fork_rng(devices=[]):  # seeds the initialization without touching the caller's generator
         torch.manual_seed(seed)
-        model = ResNet18(dataset.num_classes, dataset.image_shape[0], config.model.width, stem)  # type: ignore[arg-type]
+        model: nn.Module
+        if dataset.feature_channels:
+            model = FeatureHead(list(dataset.feature_channels), dataset.num_classes)
+        else:
+            stem = model_stem(config, dataset.image_shape[1])
+            model = ResNet18(dataset.num_classes, dataset.image_shape[0], config.model.width, stem)  # type: ignore[arg-type]
         aux_model = LossPredictionModule(model.feature_channels, config.model.aux_hidden)
     return model.to(device), aux_model.to(device)
 
@@ -38,4 +45,7 @@ def architecture(config: RunConfig, dataset: Dataset) -> Architecture:
         width=config.model.width,
         stem=model_stem(config, dataset.image_shape[1]),
         aux_hidden=config.model.aux_hidden,
+        backbone=config.model.backbone,
+        weights=config.model.weights,
+        feature_channels=list(dataset.feature_channels),
     )

@@ -9,7 +9,7 @@ normalisation, ResNet-18's width and stem, and w_aux's hidden size.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lplgrad.errors import UserError
+from lplgrad.models.head import FeatureHead
 from lplgrad.models.loss_module import LossPredictionModule
 from lplgrad.models.resnet import ResNet18
 from lplgrad.runtime.atomic_io import save_atomic
@@ -36,6 +37,9 @@ class Architecture:
     width: int
     stem: str
     aux_hidden: int
+    backbone: str = "resnet18"
+    weights: str = "none"
+    feature_channels: list[int] = field(default_factory=list)  # non-empty: a head on a frozen backbone
 
 
 def model_state(model: nn.Module, aux_model: nn.Module, architecture: Architecture) -> dict[str, Any]:
@@ -51,7 +55,11 @@ def model_state(model: nn.Module, aux_model: nn.Module, architecture: Architectu
 def models_from_state(state: dict[str, Any]) -> tuple[nn.Module, nn.Module, Architecture]:
     """w_main and w_aux rebuilt from ``model_state``'s dict (CPU, eval mode), with their architecture."""
     architecture = Architecture(**state["architecture"])
-    model = ResNet18(len(architecture.classes), architecture.channels, architecture.width, architecture.stem)  # type: ignore[arg-type]
+    model: nn.Module
+    if architecture.feature_channels:
+        model = FeatureHead(architecture.feature_channels, len(architecture.classes))
+    else:
+        model = ResNet18(len(architecture.classes), architecture.channels, architecture.width, architecture.stem)  # type: ignore[arg-type]
     aux_model = LossPredictionModule(model.feature_channels, architecture.aux_hidden)
     model.load_state_dict(state["model"])
     aux_model.load_state_dict(state["aux_model"])

@@ -85,6 +85,15 @@ MIGRATIONS = [
         image_id INTEGER PRIMARY KEY REFERENCES images(id),
         round INTEGER NOT NULL REFERENCES rounds(round)
     );
+    -- A frozen backbone's pooled features of an image's bytes (train.finetune = head), float16,
+    -- keyed by the backbone (name, weights, input size) and the content hash: never stale, never
+    -- mixed across backbones, written a chunk per transaction (a kill keeps the finished chunks).
+    CREATE TABLE features (
+        backbone TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        PRIMARY KEY (backbone, sha256)
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -405,6 +414,28 @@ def set_labels(conn: sqlite3.Connection, rows: list[tuple[int, str, str, int | N
         "ON CONFLICT(image_id) DO UPDATE SET class_id = excluded.class_id, source = excluded.source, "
         "round = excluded.round, time = excluded.time, annotator = excluded.annotator",
         [(image, class_ids[name], source, round_, time, who) for image, name, source, round_, time, who in rows],
+    )
+
+
+def cached_features(conn: sqlite3.Connection, backbone: str, hashes: list[str]) -> dict[str, bytes]:
+    """The stored feature vectors (float16 bytes) of these content hashes under ``backbone``."""
+    found: dict[str, bytes] = {}
+    unique = sorted(set(hashes))
+    for start in range(0, len(unique), 900):  # SQLite's limit on bound parameters
+        part = unique[start : start + 900]
+        marks = ", ".join("?" * len(part))
+        rows = conn.execute(
+            f"SELECT sha256, vector FROM features WHERE backbone = ? AND sha256 IN ({marks})", (backbone, *part)
+        )
+        found.update({row[0]: bytes(row[1]) for row in rows})
+    return found
+
+
+def add_features(conn: sqlite3.Connection, backbone: str, vectors: list[tuple[str, bytes]]) -> None:
+    """(sha256, float16 bytes) of one chunk; call inside ``transaction``."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO features (backbone, sha256, vector) VALUES (?, ?, ?)",
+        [(backbone, digest, vector) for digest, vector in vectors],
     )
 
 

@@ -13,11 +13,13 @@ import torch
 
 from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, decode_image
 from lplgrad.errors import UserError
+from lplgrad.models.backbones import create_pretrained
 from lplgrad.models.model_file import Architecture, load_models
 from lplgrad.models.output import split_output
 from lplgrad.project import db
 from lplgrad.project.images import WORKERS
 from lplgrad.runtime.atomic_io import write_atomic
+from lplgrad.train.features import pooled_features
 
 CHUNK = 256
 
@@ -53,6 +55,10 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
     classes, size = architecture.classes, architecture.image_size
     mean = torch.tensor(architecture.mean).view(1, -1, 1, 1)
     std = torch.tensor(architecture.std).view(1, -1, 1, 1)
+    backbone = None
+    if architecture.feature_channels:  # a head on a frozen backbone: images -> the backbone's features first
+        backbone, spec = create_pretrained(architecture.backbone, 2, architecture.weights)
+        size = spec.image_size
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "predicted", "confidence", *classes])
@@ -65,7 +71,10 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
             bad = [str(p) for p, a in zip(chunk, arrays, strict=True) if a is None]
             raise UserError(f"cannot decode {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
         images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
-        x = (images.to(torch.float32, memory_format=torch.contiguous_format) / 255.0 - mean) / std
+        if backbone is not None:
+            x = pooled_features(backbone, spec, images).float()[:, :, None, None]
+        else:
+            x = (images.to(torch.float32, memory_format=torch.contiguous_format) / 255.0 - mean) / std
         probabilities = torch.softmax(split_output(model(x))[0], dim=1)
         confidence, predicted = probabilities.max(dim=1)
         for path, p, c, row in zip(chunk, predicted.tolist(), confidence.tolist(), probabilities.tolist(), strict=True):

@@ -28,6 +28,7 @@ from lplgrad.experiment.runner import make_strategy, resolve_device
 from lplgrad.models.build import build_models
 from lplgrad.project import db
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem
+from lplgrad.project.features import project_features
 from lplgrad.project.images import check_unchanged, decode, moved_fingerprints, project_keys
 from lplgrad.project.oracle import NoOracle, PersonBatch, batch_folder
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
@@ -103,6 +104,9 @@ class ProjectInputs:
     test_rows: list[db.ImageRow]  # labeled test images
     classes: list[str]
     image_size: int
+    # train.finetune = head: the backbone's cached features of labeled + candidates + test rows, and its levels
+    features: torch.Tensor | None = None
+    feature_channels: tuple[int, ...] = ()
 
 
 def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> ProjectInputs:
@@ -135,6 +139,11 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
     if moved:  # the same bytes under a new stat (a restore, a copy): remembered, so they are hashed once
         with db.transaction(conn):
             db.update_fingerprints(conn, moved)
+    features: torch.Tensor | None = None
+    channels: tuple[int, ...] = ()
+    if config.train.finetune == "head" and labeled:  # a cold start trains nothing
+        features, spec = project_features(conn, checked, config)
+        channels = spec.feature_channels
     n_labeled, n_candidates = len(labeled), len(candidates)
     return ProjectInputs(
         config,
@@ -144,6 +153,8 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
         checked[n_labeled + n_candidates :],
         db.classes(conn),
         int(db.setting(conn, "image_size") or 64),
+        features,
+        channels,
     )
 
 
@@ -232,12 +243,20 @@ def round_dataset(inputs: ProjectInputs) -> tuple[Dataset, torch.Tensor, str | N
     size = inputs.image_size
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[row.label] for row in labeled if row.label is not None], dtype=torch.long)
-    images = decode(labeled + candidates, size)
+    if inputs.features is not None:  # train.finetune = head: the backbone's cached features, nothing decoded
+        images = inputs.features[: len(labeled) + len(candidates), :, None, None]
+    else:
+        images = decode(labeled + candidates, size)
     train_labels = torch.cat([labels, torch.full((len(candidates),), -1, dtype=torch.long)])
     train_ids = torch.arange(len(labeled))
     measured_on: str | None = None
     if test_rows:
-        test = Split(decode(test_rows, size), torch.tensor([index[r.label] for r in test_rows if r.label]))
+        test_images = (
+            inputs.features[len(labeled) + len(candidates) :, :, None, None]
+            if inputs.features is not None
+            else decode(test_rows, size)
+        )
+        test = Split(test_images, torch.tensor([index[r.label] for r in test_rows if r.label]))
         measured_on = "test"
     elif len(labeled) >= MIN_FOR_HOLDOUT:
         order = torch.randperm(len(labeled), generator=generator(inputs.config.seed, inputs.round_index, SEED_HOLDOUT))
@@ -252,7 +271,8 @@ def round_dataset(inputs: ProjectInputs) -> tuple[Dataset, torch.Tensor, str | N
         Split(images, train_labels),
         test,
         classes,
-        stats_of=images[: len(labeled)],
+        stats_of=images[: len(labeled)] if inputs.features is None else None,
         train_files=project_keys(labeled + candidates),  # for an embeddings index (typiclust, probcover)
+        feature_channels=inputs.feature_channels,
     )
     return dataset, train_ids, measured_on

@@ -1,0 +1,67 @@
+"""A labeling project's feature cache: a frozen backbone's pooled features of its images.
+
+Computed once per image content (sha256) and backbone (name, weights, input size), stored in the
+project database as float16 (``db.features``), a chunk of images per transaction: memory is bounded
+by the chunk, a killed computation keeps its finished chunks and goes on from there, an image whose
+bytes change has a new hash and is computed again (never served stale), and a project whose
+backbone changes computes the new backbone's features beside the old ones, never mixing them.
+Decoding runs in threads (``images.decode``) while the backbone works on the chunk before.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from lplgrad.config.schema import RunConfig
+from lplgrad.experiment.runner import resolve_device
+from lplgrad.models.backbones import BackboneSpec, create_pretrained
+from lplgrad.project import db
+from lplgrad.project.images import decode
+from lplgrad.train.features import pooled_features
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images decoded, computed and written at once
+
+
+def backbone_key(config: RunConfig, image_size: int) -> str:
+    return f"{config.model.backbone}|{config.model.weights}|{image_size}"
+
+
+def project_features(
+    conn: object, rows: list[db.ImageRow], config: RunConfig, progress: bool = True
+) -> tuple[Tensor, BackboneSpec]:
+    """float16 [len(rows), sum(C_k)] of these images, computing (and storing) only the missing ones,
+    and the backbone's spec (its four feature levels split a row)."""
+    backbone, spec = create_pretrained(config.model.backbone, 2, config.model.weights)
+    key = backbone_key(config, spec.image_size)
+    stored = db.cached_features(conn, key, [row.sha256 for row in rows])  # type: ignore[arg-type]
+    missing = list({row.sha256: row for row in rows if row.sha256 not in stored}.values())
+    if missing:
+        log.info("computing %s features of %d images (once; stored in the project)", spec.name, len(missing))
+        backbone.to(resolve_device(config.device))
+        chunks = [missing[start : start + CHUNK] for start in range(0, len(missing), CHUNK)]
+        bar = tqdm(total=len(missing), desc="features", unit="img", disable=not progress, leave=False)
+        with ThreadPoolExecutor(1) as decoder:  # the next chunk decodes while the backbone runs
+            pending = decoder.submit(decode, chunks[0], spec.image_size)
+            for index, chunk in enumerate(chunks):
+                images = pending.result()
+                if index + 1 < len(chunks):
+                    pending = decoder.submit(decode, chunks[index + 1], spec.image_size)
+                vectors = pooled_features(backbone, spec, images, on_batch=bar.update).numpy()
+                items = [(row.sha256, vector.tobytes()) for row, vector in zip(chunk, vectors, strict=True)]
+                with db.transaction(conn):  # type: ignore[arg-type]
+                    db.add_features(conn, key, items)  # type: ignore[arg-type]
+                stored.update(items)
+        bar.close()
+    dims = sum(spec.feature_channels)
+    if not rows:
+        return torch.zeros(0, dims, dtype=torch.float16), spec
+    matrix = np.stack([np.frombuffer(stored[row.sha256], dtype=np.float16, count=dims) for row in rows])
+    return torch.from_numpy(matrix.copy()), spec

@@ -1,0 +1,117 @@
+"""A frozen backbone's features of a set of images, computed a chunk at a time (``train.finetune = head``).
+
+Each image is scaled to [0, 1], resized to the backbone's input size (bilinear, antialiased, on the
+device, a batch at a time), normalised as its weights expect, and passed through the backbone in
+eval mode; each of its four feature maps is globally average-pooled and the four are concatenated:
+float16 [N, sum(C_k)]. Memory is bounded by the batch, never the number of images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lplgrad.data import Augment, Dataset, Split
+from lplgrad.models.backbones import BackboneSpec, create_pretrained
+from lplgrad.models.output import split_output
+from lplgrad.runtime.atomic_io import save_atomic
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def pooled_features(
+    backbone: nn.Module,
+    spec: BackboneSpec,
+    images: Tensor,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> Tensor:
+    """float16 [N, sum(C_k)] (CPU) of uint8 ``images`` [N, C, H, W]; ``on_batch`` gets each batch's size."""
+    device = next(backbone.parameters()).device
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+    was_training = backbone.training
+    backbone.eval()
+    # channels_last: 1.5x the NCHW throughput of EfficientNet-Lite0 on this project's CPU (24 vs 16
+    # images/s at 224 px); the features are the same up to float rounding.
+    backbone.to(memory_format=torch.channels_last)
+    parts = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device, torch.float32) / 255.0
+        if x.shape[1] == 1:  # grayscale: the weights expect three channels
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (spec.image_size, spec.image_size):
+            x = F.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        _, maps = split_output(backbone(((x - mean) / std).contiguous(memory_format=torch.channels_last)))
+        assert maps is not None  # every registered backbone returns its feature maps
+        parts.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).half().cpu())
+        if on_batch is not None:
+            on_batch(x.shape[0])
+    backbone.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, sum(spec.feature_channels), dtype=torch.float16)
+
+
+def features_dataset(dataset: Dataset, backbone: nn.Module, spec: BackboneSpec, batch_size: int = 64) -> Dataset:
+    """``dataset`` with its images replaced by ``backbone``'s pooled features [N, sum(C_k), 1, 1]
+    (float16, on the dataset's device), without augmentation: what a head is trained and scored on."""
+    train = pooled_features(backbone, spec, dataset.train.images, batch_size)
+    test = pooled_features(backbone, spec, dataset.test.images, batch_size)
+    return _with_features(dataset, spec, train, test)
+
+
+def cached_features_dataset(dataset: Dataset, backbone_name: str, weights: str, cache_dir: Path) -> Dataset:
+    """``features_dataset`` of a benchmark's images, computed once: cached under ``cache_dir`` in a
+    file keyed by the images' bytes, the backbone and its weights, so a second run (another strategy,
+    a resume) reads them in a second. A changed image, backbone or weights file is a new key."""
+    backbone, spec = create_pretrained(backbone_name, dataset.num_classes, weights)
+    key = hashlib.sha256()
+    for part in (dataset.train.images, dataset.test.images):
+        key.update(part.cpu().contiguous().numpy().tobytes())
+    key.update(f"{spec.name}|{weights}|{_weights_identity(weights)}|{spec.image_size}".encode())
+    path = cache_dir / f"features-{spec.name.replace(':', '_')}-{key.hexdigest()[:16]}.pt"
+    device = dataset.train.images.device
+    if path.is_file():
+        train, test = torch.load(path, map_location="cpu", weights_only=True)
+        log.info("%s features of %s read from %s", spec.name, dataset.name, path)
+    else:
+        log.info(
+            "computing %s features of %d images (once; cached in %s)",
+            spec.name,
+            len(dataset.train) + len(dataset.test),
+            path,
+        )
+        backbone.to(device)
+        train = pooled_features(backbone, spec, dataset.train.images)
+        test = pooled_features(backbone, spec, dataset.test.images)
+        save_atomic(path, (train, test))
+    return _with_features(dataset, spec, train, test)
+
+
+def _weights_identity(weights: str) -> str:
+    """A weights file's size and mtime, so a replaced file is a new cache key."""
+    if weights in ("default", "imagenet", "none"):
+        return weights
+    stat = Path(weights).expanduser().stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _with_features(dataset: Dataset, spec: BackboneSpec, train: Tensor, test: Tensor) -> Dataset:
+    device = dataset.train.images.device
+    return replace(
+        dataset,
+        name=f"{dataset.name}+{spec.name}",
+        train=Split(train[:, :, None, None].to(device), dataset.train.labels),
+        test=Split(test[:, :, None, None].to(device), dataset.test.labels),
+        mean=(0.0,),
+        std=(1.0,),
+        augment=Augment(crop_padding=0, flip=False),
+        feature_channels=spec.feature_channels,
+    )
