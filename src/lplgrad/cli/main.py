@@ -1,5 +1,5 @@
 """Command line: ``lplgrad run | demo | embed | report | strategies | presets | datasets`` here, and the labeling
-project's ``init | add | query | import | status | export | predict`` (``project/commands.py``).
+project's ``init | add | query | import | status | export | predict | label`` (``cli/project.py``).
 Only these two modules print."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from lplgrad.data.loaders import check_dataset_name, list_datasets
 from lplgrad.errors import UserError, one_line
 from lplgrad.experiment.results import RESULTS_FILE, read_rows
 from lplgrad.experiment.runner import TrialsFailed, run_experiment
+from lplgrad.project.db import damage_hint
 from lplgrad.report.summary import accuracy_table
 from lplgrad.report.write import write_report
 from lplgrad.runtime.atomic_io import StorageError
@@ -270,7 +272,10 @@ def _main(args: argparse.Namespace) -> int:
                     raise UserError(
                         "embed --project uses the project's settings; drop --dataset/--preset/--config/--set"
                     )
-                summary = embed_project(args.project, settings, args.out)
+                try:
+                    summary = embed_project(args.project, settings, args.out)
+                except sqlite3.DatabaseError as error:
+                    raise UserError(f"{args.project / 'project.db'}: {damage_hint(error)}") from None
             else:
                 summary = embed_pool(config_from_args(args), settings, args.out)
             images, dims = summary.shape

@@ -23,8 +23,12 @@ class Split:
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        features = self.images.dtype == torch.float16 and self.images.shape[2:] == (1, 1)  # train.finetune = head
+        if not (self.images.dtype == torch.uint8 or features) or self.images.dim() != 4:
+            raise ValueError(
+                "images must be uint8 [N, C, H, W] or float16 features [N, D, 1, 1], "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError("labels must be [N] matching the images")
 

@@ -152,11 +152,21 @@ def _open(path: Path, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
     else:
         uri = "file:" + quote(str(path.resolve()))
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=10.0, isolation_level=None)
         try:
-            conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=10.0, isolation_level=None)
             conn.execute("PRAGMA user_version").fetchone()  # opening is lazy: this is where it fails
         except sqlite3.OperationalError:
+            conn.close()
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:  # immutable would not read the committed WAL
+                raise UserError(
+                    f"{path} cannot be read here: its last changes are still in {wal.name}, which this "
+                    "read-only folder keeps SQLite from merging; open the project once where it is writable"
+                ) from None
             conn = sqlite3.connect(uri + "?immutable=1", uri=True, timeout=10.0, isolation_level=None)
+        except BaseException:
+            conn.close()
+            raise
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
@@ -211,6 +221,18 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:  # SQLite may have rolled back already (e.g. a full disk)
             conn.execute("ROLLBACK")
         raise
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: every read inside sees the database at one moment (a round committed
+    meanwhile shows in the next one, never half)."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
 
 # ---- reading

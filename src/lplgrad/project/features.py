@@ -11,6 +11,7 @@ Decoding runs in threads (``images.decode``) while the backbone works on the chu
 from __future__ import annotations
 
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -47,7 +48,8 @@ def project_features(
         log.info("computing %s features of %d images (once; stored in the project)", spec.name, len(missing))
         backbone.to(resolve_device(config.device))
         chunks = [missing[start : start + CHUNK] for start in range(0, len(missing), CHUNK)]
-        bar = tqdm(total=len(missing), desc="features", unit="img", disable=not progress, leave=False)
+        show = progress and sys.stderr.isatty()
+        bar = tqdm(total=len(missing), desc="features", unit="img", disable=not show, leave=False)
         with ThreadPoolExecutor(1) as decoder:  # the next chunk decodes while the backbone runs
             pending = decoder.submit(decode, chunks[0], spec.image_size)
             for index, chunk in enumerate(chunks):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -166,8 +167,13 @@ def registered_bytes(row: ImageRow) -> bytes:
     if root not in real.parents:
         raise ImageRefused(409, f"image {row.id} resolves outside its images folder")
     try:
-        with open(real, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size != row.size:
+        # O_NONBLOCK: a FIFO put in an image's place must not hang the server; only a regular file is served
+        descriptor = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise ImageRefused(409, f"image {row.id} is not a regular file any more")
+            if status.st_size != row.size:
                 raise ImageRefused(409, f"image {row.id} is not the file that was registered (other size)")
             data = handle.read(row.size + 1)
     except OSError:

@@ -38,7 +38,7 @@ def current_batch(project: Path) -> list[dict[str, Any]]:
     """What the page shows, in the order it shows it: the newest round's queried images by rank (the
     newest model's choice), then the images still unlabeled from earlier rounds by round and rank (a
     batch left half done is not lost). Images skipped in the newest round go after the others."""
-    with closing(db.connect(project, readonly=True)) as conn:
+    with closing(db.connect(project, readonly=True)) as conn, db.snapshot(conn):
         rounds = db.rounds(conn)
         if not rounds:
             return []
@@ -121,7 +121,7 @@ def image_bytes(project: Path, image: int) -> tuple[bytes, str]:
 def dashboard(project: Path) -> dict[str, Any]:
     """Labels per class, accuracy (overall and per class) per round, and the classes each round's
     queried images turned out to be, in the project's class order."""
-    with closing(db.connect(project, readonly=True)) as conn:
+    with closing(db.connect(project, readonly=True)) as conn, db.snapshot(conn):
         names = db.classes(conn)
         found: dict[int, Counter[str]] = {}
         for round_index, name in db.queried_labels(conn):

@@ -49,7 +49,9 @@ class PersonBatch:
     def receive(self, inputs: RoundInputs, outcome: RoundOutcome, models: Models) -> None:
         """The round's picks, with the model's suggested class and confidence for each."""
         query = outcome.query
-        probabilities = torch.softmax(predict(models.model, inputs.dataset, query.selected)["logits"], dim=1).cpu()
+        probabilities = torch.softmax(
+            predict(models.model, inputs.dataset, query.selected, inputs.config.train.eval_batch_size)["logits"], dim=1
+        ).cpu()
         confidence, suggested = probabilities.max(dim=1)
         scores = [None] * query.selected.numel() if query.scores is None else query.scores.tolist()
         self.items = [

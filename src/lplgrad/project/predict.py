@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -17,6 +16,7 @@ from lplgrad.models.backbones import create_pretrained
 from lplgrad.models.model_file import Architecture, load_models
 from lplgrad.models.output import split_output
 from lplgrad.project import db
+from lplgrad.project.exchange import csv_writer, spreadsheet_text
 from lplgrad.project.images import WORKERS
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.train.features import pooled_features
@@ -60,8 +60,8 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
         backbone, spec = create_pretrained(architecture.backbone, 2, architecture.weights)
         size = spec.image_size
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "predicted", "confidence", *classes])
+    writer = csv_writer(text)
+    writer.writerow(["path", "predicted", "confidence", *map(spreadsheet_text, classes)])
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -78,6 +78,8 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
         probabilities = torch.softmax(split_output(model(x))[0], dim=1)
         confidence, predicted = probabilities.max(dim=1)
         for path, p, c, row in zip(chunk, predicted.tolist(), confidence.tolist(), probabilities.tolist(), strict=True):
-            writer.writerow([str(path), classes[p], f"{c:.4f}", *(f"{v:.4f}" for v in row)])
+            writer.writerow(
+                [spreadsheet_text(str(path)), spreadsheet_text(classes[p]), f"{c:.4f}", *(f"{v:.4f}" for v in row)]
+            )
     write_atomic(out, text.getvalue())
     return len(files)

@@ -35,7 +35,7 @@ PROJECT_DEFAULTS: dict[str, Any] = {
 BENCHMARK_KEYS = frozenset(
     [f"data.{k}" for k in to_dict(RunConfig())["data"] if k not in ("name", "image_size")]
     + [f"active.{k}" for k in ("trials", "initial_size", "query_size", "rounds", "budget", "trial_offset")]
-    + ["save_artifacts"]
+    + ["save_artifacts", "deterministic", "train.warm_start"]  # every round trains fresh models, seeded
 )
 
 

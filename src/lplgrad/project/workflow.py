@@ -7,7 +7,6 @@ project as it was before the command or after it.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import io
 import logging
@@ -21,7 +20,7 @@ from typing import Any
 
 from lplgrad.errors import UserError, quoted
 from lplgrad.project import db
-from lplgrad.project.exchange import LabelRecord, parse_file, spreadsheet_text
+from lplgrad.project.exchange import LabelRecord, csv_writer, parse_file, spreadsheet_text
 from lplgrad.project.images import find_images, moved_files, project_image_size, register
 from lplgrad.project.labeling import per_class_accuracy
 from lplgrad.project.settings import resolve_settings, write_settings
@@ -61,6 +60,8 @@ def init(
     project.mkdir(parents=True, exist_ok=True)
     with folder_lock(project, "project"), closing(db.connect(project, create=True)) as conn:
         with db.transaction(conn):
+            if db.classes(conn):  # another init finished between the check above and the lock
+                raise UserError(f"{project} already holds a project; use lplgrad add to register more images")
             db.add_classes(conn, names)
             db.set_setting(conn, "image_size", str(size))
             counts = {"images": db.add_images(conn, db.root_id(conn, images.resolve()), "pool", found.files)}
@@ -91,16 +92,11 @@ def add(project: Path, images: Path, accept_changed: bool = False) -> dict[str, 
     db.require_project(project)
     folder = images.resolve()
     found = _scan(images)
-    with folder_lock(project, "project"), closing(db.connect(project)) as conn, db.transaction(conn):
-        root, prefix, inside = _root_for(folder, db.roots(conn))
-        files = [
-            (f"{prefix}{path}", size, mtime, ctime, digest)
-            for path, size, mtime, ctime, digest in found.files
-            if not any((folder / path).is_relative_to(other) for other in inside)
-        ]
-        added = db.add_images(conn, db.root_id(conn, root), "pool", files)
-        same, changed = _moved_under(conn, folder)
-        db.update_fingerprints(conn, same + (changed if accept_changed else []))
+    with folder_lock(project, "project"), closing(db.connect(project)) as conn:
+        same, changed = _moved_under(conn, folder)  # hashing before the write lock: the page keeps answering
+        with db.transaction(conn):
+            added, files = _register_new(conn, folder, found, db.roots(conn))
+            db.update_fingerprints(conn, same + (changed if accept_changed else []))
         _report_duplicates(conn, project)
     if changed and not accept_changed:
         log.warning(
@@ -118,6 +114,19 @@ def add(project: Path, images: Path, accept_changed: bool = False) -> dict[str, 
     if changed:
         counts["accepted with new content" if accept_changed else "changed (not accepted)"] = len(changed)
     return counts
+
+
+def _register_new(
+    conn: Any, folder: Path, found: _Scanned, registered: dict[str, set[str]]
+) -> tuple[int, list[tuple[str, int, int, int, str]]]:
+    """Register the found files not registered yet, under the right root (``_root_for``)."""
+    root, prefix, inside = _root_for(folder, registered)
+    files = [
+        (f"{prefix}{path}", size, mtime, ctime, digest)
+        for path, size, mtime, ctime, digest in found.files
+        if not any((folder / path).is_relative_to(other) for other in inside)
+    ]
+    return db.add_images(conn, db.root_id(conn, root), "pool", files), files
 
 
 def _root_for(folder: Path, registered: dict[str, set[str]]) -> tuple[Path, str, list[Path]]:
@@ -262,7 +271,7 @@ def _resolve_answers(given: list[LabelRecord], on_conflict: str) -> LabelRecord:
 def status(project: Path, check: bool = False) -> dict[str, Any]:
     """Counts for people and for scripts (``lplgrad status --json``); read-only. With ``check``, the
     database is checked page by page first (``PRAGMA quick_check``), so damage is reported here."""
-    with closing(db.connect(project, readonly=True)) as conn:
+    with closing(db.connect(project, readonly=True)) as conn, db.snapshot(conn):
         if check:
             db.check_integrity(conn, project)
         counted = db.counts(conn)
@@ -294,7 +303,7 @@ def export_csv(project: Path, out: Path) -> int:
     with closing(db.connect(project, readonly=True)) as conn:
         rows = db.exported_labels(conn)
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    writer = csv_writer(text)
     writer.writerow(["path", "label", "source", "round", "role"])
     for path, label, source, round_index, role in rows:
         writer.writerow([spreadsheet_text(path), spreadsheet_text(label), source, round_index or "", role])
@@ -315,7 +324,10 @@ def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
     if partial.exists():
         if not (partial / PARTIAL_MARK).is_file():
             raise UserError(f"{partial} exists and is not an unfinished lplgrad export; move it away")
-        shutil.rmtree(partial)
+        try:
+            shutil.rmtree(partial)
+        except OSError as error:
+            raise UserError(f"cannot remove the unfinished export {partial}: {error.strerror or error}") from None
     with closing(db.connect(project, readonly=True)) as conn:
         labeled = [row for row in db.images(conn) if row.label is not None]
     try:
@@ -334,10 +346,13 @@ def export_imagefolder(project: Path, out: Path, copy: bool = False) -> int:
                 os.symlink(row.full_path, target)
         except OSError as error:
             raise UserError(f"cannot export {row.full_path} to {target}: {error.strerror or error}") from None
-    (partial / PARTIAL_MARK).unlink()
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    partial.rename(out)
+    try:
+        (partial / PARTIAL_MARK).unlink()
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    except OSError as error:
+        raise UserError(f"cannot move the finished export {partial} to {out}: {error.strerror or error}") from None
     return len(labeled)
 
 
@@ -355,6 +370,16 @@ def _scan(root: Path) -> _Scanned:
     paths = find_images(root)
     if not paths:
         raise UserError(f"no image files under {root}")
+    real_root = root.resolve()
+    outside = [p for p in paths if p.is_symlink() and real_root not in p.resolve().parents]
+    if outside:  # the page serves only files inside their images folder
+        log.warning(
+            "%d image(s) under %s are links to files outside it (e.g. %s): they are trained on, but the "
+            "labeling page will not show them",
+            len(outside),
+            root,
+            outside[0],
+        )
     files, bad, sizes = register(root, paths)  # paths relative to the root as found, links not followed out
     return _Scanned(files, [f"{root}/{b}" for b in bad], sizes)
 

@@ -25,7 +25,7 @@ def storage_error(path: Path, error: OSError, reading: bool = False) -> StorageE
     return StorageError(
         error.errno,
         f"cannot write {path}: {reason}; what was written before is still whole (free space, then run the "
-        "command again: lplgrad run continues with --resume)",
+        "command again)",
     )
 
 

@@ -140,10 +140,15 @@ def create_app(
             return body
         if not undo_stack:
             return JSONResponse({"error": "nothing to undo"}, status_code=409)
-        done = undo_stack.pop()  # an answer changed since by someone else cannot be undone later either
+        done = undo_stack[-1]
 
         def write() -> dict[str, Any]:
-            labeling.undo(project, done)
+            try:
+                labeling.undo(project, done)
+            except labeling.Conflict:  # changed since by someone else: it cannot be undone later either
+                undo_stack.remove(done)
+                raise
+            undo_stack.remove(done)  # only once undone: a busy database leaves it to undo again
             return {"ok": True, "image": done.image}
 
         return await _answer(write)
