@@ -185,6 +185,10 @@ def test_lplgrad_run_in_head_mode_computes_the_features_once(tmp_path, monkeypat
             f"data.cache_dir={tmp_path / 'cache'}",
             "--device",
             "cpu",
+            "--epochs",
+            "2",
+            "--set",
+            "train.min_steps=0",
             "--out",
             str(tmp_path / out),
         ]
