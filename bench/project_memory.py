@@ -72,7 +72,16 @@ def main() -> None:
         raise SystemExit(f"{project} exists; remove it first")
     decoded_mib = args.images * 3 * args.size * args.size / 2**20
     print(f"the whole pool decoded would be {decoded_mib:.0f} MiB of uint8 ({4 * decoded_mib:.0f} MiB as float32)")
-    tiny = ["--set", "train.epochs=2", "--set", "train.min_steps=0"]
+    tiny = [
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.min_steps=0",
+        "--set",
+        "model.backbone=resnet18",
+        "--set",
+        "train.finetune=all",
+    ]
     steps = [
         ["init", str(project), "--images", str(pool), "--classes", ",".join(CLASSES), *tiny],
         ["query", str(project), "--k", "200"],

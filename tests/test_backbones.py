@@ -196,3 +196,31 @@ def test_lplgrad_run_in_head_mode_computes_the_features_once(tmp_path, monkeypat
     assert calls == [30, 10]  # train and test features, computed by the first run only
     rows = [line for line in (tmp_path / "second" / "results.jsonl").read_text().splitlines() if line]
     assert len(rows) == 4 and rows[0].startswith('{"strategy":"lplgrad"')
+
+
+@pytest.mark.pretrained_default
+def test_a_new_project_defaults_to_the_pretrained_head_and_badge_and_says_so(tmp_path, capsys) -> None:
+    truth = make_images(tmp_path / "pool", 24)
+    project = tmp_path / "project"
+    assert main(["init", str(project), "--images", str(tmp_path / "pool"), "--classes", "red,green,blue"]) == 0
+    assert "model: efficientnet-lite0 (ImageNet weights) frozen, a linear head" in capsys.readouterr().out
+    text = (project / "config.toml").read_text()
+    assert 'backbone = "efficientnet-lite0"' in text and 'finetune = "head"' in text and '"badge"' in text
+    first = query(project, k=9)
+    rows = list(csv.DictReader((first.folder / "batch.csv").open(newline="")))
+    (tmp_path / "a.csv").write_text("id,label\n" + "".join(f"{r['id']},{truth[r['path']]}\n" for r in rows))
+    workflow.import_labels(project, [tmp_path / "a.csv"])
+    second = query(project, k=5)
+    assert second.queried == 5 and workflow.status(project)["rounds"][-1]["strategy"] == "badge"
+
+
+def test_a_project_made_before_backbones_keeps_training_from_scratch(tmp_path) -> None:
+    from lplgrad.project.settings import read_settings
+
+    make_images(tmp_path / "pool", 6)
+    project = tmp_path / "project"
+    workflow.init(project, tmp_path / "pool", CLASSES)
+    lines = (project / "config.toml").read_text().splitlines()
+    (project / "config.toml").write_text("\n".join(k for k in lines if not k.startswith(("backbone", "finetune"))))
+    config = read_settings(project)
+    assert (config.model.backbone, config.train.finetune) == ("resnet18", "all")

@@ -119,6 +119,13 @@ def _run(args: argparse.Namespace) -> None:
             args.project, args.images, args.classes.split(","), args.labeled, args.labels, args.test, values
         )
         print(f"project {args.project}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
+        config = read_settings(args.project)
+        if config.train.finetune == "head":
+            weights = "ImageNet" if config.model.weights in ("default", "imagenet") else config.model.weights
+            model = f"{config.model.backbone} ({weights} weights) frozen, a linear head on its features"
+        else:
+            model = f"{config.model.backbone} trained from scratch (width {config.model.width})"
+        print(f"model: {model}; strategy {config.active.strategies[0]} (change them with --set)")
     elif args.command == "add":
         counts = workflow.add(args.project, args.images, args.accept_changed)
         print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))

@@ -5,7 +5,8 @@ error naming the version that still reads it):
 - config keys renamed in 0.2, and keys where 0 meant "not set" (``migrate``);
 - run checkpoints of 0.1 (``upgrade_checkpoint``: w_aux's weights under "loss_module", one row
   instead of all, weights as two loose state dicts);
-- labeling-project model files of 0.2 (``upgrade_model_state``: loose state dicts and fields).
+- labeling-project model files of 0.2 (``upgrade_model_state``: loose state dicts and fields);
+- labeling-project settings written before pretrained backbones (``upgrade_project_settings``).
 The CLI's short flag names (``--initial``, ``--query``, ``--subset``) are aliases argparse keeps.
 """
 
@@ -65,6 +66,14 @@ def _warn_once(source: str, key: str, message: str) -> None:
     if (source, key) not in _warned:
         _warned.add((source, key))
         log.warning("%s: %s", source, message)
+
+
+def upgrade_project_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A project's config.toml without ``model.backbone`` was made when projects trained ResNet-18
+    from scratch: it keeps doing so (today's default, a pretrained head, applies to new projects)."""
+    if "model.backbone" in values:
+        return values
+    return {"model.backbone": "resnet18", "train.finetune": "all", **values}
 
 
 def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:

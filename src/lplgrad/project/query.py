@@ -195,7 +195,11 @@ def _trained_round(
     on_progress: Callable[[str], None] | None,
 ) -> QueryResult:
     config, round_index = inputs.config, inputs.round_index
-    report(f"round {round_index}: decoding {len(inputs.labeled)} labeled and {len(inputs.candidates)} candidate images")
+    what = f"{len(inputs.labeled)} labeled and {len(inputs.candidates)} candidate images"
+    if inputs.features is not None:
+        report(f"round {round_index}: {what}, as the backbone's cached features")
+    else:
+        report(f"round {round_index}: decoding {what}")
     dataset, train_ids, measured_on = round_dataset(inputs)
     device = resolve_device(config.device)
     model, aux_model = build_models(config, dataset, derive_seed(config.seed, round_index, SEED_INIT), device)
