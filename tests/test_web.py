@@ -164,3 +164,25 @@ def test_an_unfinished_batch_stays_on_the_page_after_the_next_round(client, proj
     shown = {item["id"] for item in client.get("/api/state").json()["batch"]}
     assert {item["id"] for item in first[1:]} <= shown  # the four still unlabeled from round 1
     assert first[0]["id"] not in shown
+
+
+def test_in_head_mode_the_page_retrains_after_every_few_answers(tmp_path: Path) -> None:
+    from lplgrad.web.app import CONTINUOUS_EVERY
+
+    make_images(tmp_path / "hpool", 20)
+    project = tmp_path / "head"
+    head = {"model.backbone": "efficientnet-lite0", "train.finetune": "head", "train.min_steps": 20, "device": "cpu"}
+    workflow.init(project, tmp_path / "hpool", CLASSES, settings=head)
+    query(project, "random", k=8)
+    client = TestClient(create_app(project, "margin", k=4), base_url="http://127.0.0.1")
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
+    assert token is not None
+    for item in client.get("/api/state").json()["batch"][:CONTINUOUS_EVERY]:
+        assert post(client, token.group(1), "/api/label", {"image": item["id"], "label": "red"}).status_code == 200
+    deadline = time.monotonic() + 120
+    while client.get("/api/state").json()["training"]["running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = client.get("/api/state").json()
+    assert state["training"]["error"] is None, state["training"]
+    assert [r["round"] for r in state["dashboard"]["rounds"]] == [1, 2]  # started by the answers alone
+    assert state["batch"][0]["round"] == 2 and state["batch"][0]["suggested"] is not None

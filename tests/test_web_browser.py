@@ -34,13 +34,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+HEAD = {"model.backbone": "efficientnet-lite0", "train.finetune": "head", "train.min_steps": 20, "device": "cpu"}
+
+
+@pytest.fixture(params=["scratch"])
+def server(tmp_path: Path, request):  # type: ignore[no-untyped-def]
     make_images(tmp_path / "pool", 40)
     make_images(tmp_path / "test", 9, seed=1, folders=True)
     project = tmp_path / "project"
     settings = {"train.epochs": 1, "model.width": 4, "train.min_steps": 0, "device": "cpu"}
-    workflow.init(project, tmp_path / "pool", CLASSES, test=tmp_path / "test", settings=settings)
+    workflow.init(
+        project,
+        tmp_path / "pool",
+        CLASSES,
+        test=tmp_path / "test",
+        settings=HEAD if request.param == "head" else settings,
+    )
     query(project, "random", k=12)
     port = free_port()
     command = [
@@ -155,3 +164,20 @@ def test_label_by_keyboard_undo_reload_and_train(server, browser, tmp_path: Path
     browser.save_screenshot(str(screenshots / "label-1280x800.png"))
     browser.set_window_size(390, 844)
     browser.save_screenshot(str(screenshots / "label-390x844.png"))
+
+
+@pytest.mark.parametrize("server", ["head"], indirect=True)
+def test_in_head_mode_the_page_learns_while_a_person_labels(server, browser) -> None:
+    """Continuous learning: five answers by keyboard start a round in the background (seconds with a
+    head on cached features); the page shows its batch first, and labeling never waited for it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _, url = server
+    browser.get(url)
+    wait_for(browser, lambda d: "Round 1: 0 of 12 new images labeled" in progress(d))
+    keys = ActionChains(browser)
+    for number in range(5):
+        keys.send_keys(str(1 + number % 3)).perform()
+        wait_for(browser, lambda d, n=number: "Round 2" in progress(d) or f"Round 1: {n + 1} of 12" in progress(d))
+    wait_for(browser, lambda d: "Round 2: 0 of 6 new images labeled" in progress(d), timeout=120)
+    assert "round 2 ready" in browser.find_element("id", "training").text

@@ -30,7 +30,7 @@ from starlette.templating import Jinja2Templates
 from lplgrad.errors import UserError, one_line
 from lplgrad.project import db, labeling, workflow
 from lplgrad.project.images import ImageRefused
-from lplgrad.project.settings import DEFAULT_BATCH
+from lplgrad.project.settings import DEFAULT_BATCH, read_settings
 from lplgrad.web.trainer import Trainer
 
 HERE = Path(__file__).parent
@@ -64,6 +64,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
 MAX_BODY = 64 * 1024  # bytes of a POST body: an answer is a few dozen
+CONTINUOUS_EVERY = 5  # answers between the background rounds of a head-mode project
 
 
 def create_app(
@@ -76,6 +77,10 @@ def create_app(
     db.connect(project, readonly=True).close()  # fails now, with the CLI's one-line error, if DIR is no project
     token = secrets.token_urlsafe(32)
     trainer = Trainer(project, strategy, k)
+    # Continuous learning: with a head on cached features a round takes seconds, so after every few
+    # answers one starts in the background and the next images come from a model that has seen them.
+    continuous = read_settings(project).train.finetune == "head"
+    since_round = [0]  # answers since the last round started
     undo_stack: list[labeling.Answer] = []
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -116,6 +121,9 @@ def create_app(
 
         def write() -> dict[str, Any]:
             undo_stack.append(labeling.answer(project, image_id, name))
+            since_round[0] += 1
+            if continuous and since_round[0] >= CONTINUOUS_EVERY and trainer.start(include_pending=True):
+                since_round[0] = 0
             return {"ok": True}
 
         return await _answer(write)
@@ -159,6 +167,7 @@ def create_app(
             return body
         if not trainer.start():
             return JSONResponse({"error": "a round is already training"}, status_code=409)
+        since_round[0] = 0
         return JSONResponse({"ok": True}, status_code=202)
 
     routes = [

@@ -26,19 +26,22 @@ class Trainer:
     rounds_started: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self) -> bool:
-        """Start a round; False if one is already running."""
+    def start(self, include_pending: bool = False) -> bool:
+        """Start a round; False if one is already running. ``include_pending``: the new model ranks
+        every unlabeled image again, those still waiting in a batch included (continuous learning)."""
         with self._lock:
             if self.running:
                 return False
             self.running, self.error, self.message = True, None, "starting"
             self.rounds_started += 1
-        threading.Thread(target=self._run, name="lplgrad-round", daemon=True).start()
+        threading.Thread(target=self._run, args=(include_pending,), name="lplgrad-round", daemon=True).start()
         return True
 
-    def _run(self) -> None:
+    def _run(self, include_pending: bool) -> None:
         try:
-            result = query(self.project, self.strategy, self.k, on_progress=self._progress)
+            result = query(
+                self.project, self.strategy, self.k, include_pending=include_pending, on_progress=self._progress
+            )
             self.message = f"round {result.round} ready: {result.queried} images"
         except UserError as error:
             self.error = str(error)
