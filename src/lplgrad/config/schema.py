@@ -81,11 +81,23 @@ class ActiveConfig:
 
 
 @dataclass
+class StopConfig:
+    """Stopping criteria, computed every round (quality/stopping.py)."""
+
+    set_size: int = 1000  # stop set: fixed pool images whose predictions successive models are compared on
+    kappa: float = 0.99  # stable predictions: Cohen's kappa >= this ... (Bloodgood & Vijay-Shanker 2009)
+    window: int = 3  # ... for this many rounds; also the accuracy plateau's window
+    uncertainty: float = 0.1  # low uncertainty: the stop set's mean normalised entropy <= this
+    target: float | None = None  # accuracy target (fraction): the Wilson interval's lower end >= this
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
     seed: int = 0  # trial t uses seed + t
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPUs)
@@ -264,6 +276,7 @@ def validate(config: RunConfig) -> None:
     if config.train.schedule not in ("multistep", "cosine"):
         raise UserError(f"train.schedule must be multistep or cosine, got {config.train.schedule!r}")
     _check_backbone(config)
+    _check_stop(config.stop)
     if not 0 <= config.train.label_smoothing < 1:
         raise UserError(f"train.label_smoothing must be in [0, 1), got {config.train.label_smoothing}")
     active = config.active
@@ -320,6 +333,17 @@ def _check_training_numbers(train: TrainConfig) -> None:
     for key, value, ok, rule in checks:
         if not ok:  # NaN fails every comparison, so it lands here too
             raise UserError(f"{key} must be {rule}, got {value}")
+
+
+def _check_stop(stop: StopConfig) -> None:
+    if stop.set_size < 1 or stop.window < 1:
+        raise UserError(f"stop.set_size and stop.window must be >= 1, got {stop.set_size} and {stop.window}")
+    if not -1 <= stop.kappa <= 1:
+        raise UserError(f"stop.kappa is a Cohen's kappa, in [-1, 1], got {stop.kappa}")
+    if not 0 <= stop.uncertainty <= 1:
+        raise UserError(f"stop.uncertainty is a normalised entropy, in [0, 1], got {stop.uncertainty}")
+    if stop.target is not None and not 0 < stop.target <= 1:
+        raise UserError(f"stop.target is an accuracy fraction, in (0, 1], got {stop.target}")
 
 
 def _check_backbone(config: RunConfig) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -21,12 +21,13 @@ from torch import Tensor, nn
 
 from lplgrad.config.schema import RunConfig
 from lplgrad.core.pool import Pool
-from lplgrad.core.seeds import SEED_QUERY, SEED_SUBSET, SEED_TRAIN, derive_seed, generator
+from lplgrad.core.seeds import SEED_QUERY, SEED_STOP, SEED_SUBSET, SEED_TRAIN, derive_seed, generator
 from lplgrad.data import Dataset
+from lplgrad.quality.assess import Assessment, assess
 from lplgrad.runtime.distributed import share
 from lplgrad.strategies import QueryContext, Strategy
 from lplgrad.train.fit import FitResult, fit
-from lplgrad.train.inference import evaluate
+from lplgrad.train.inference import evaluate, predict_all
 
 
 @dataclass
@@ -53,6 +54,10 @@ class RoundInputs:
     description: str = "train"
     on_epoch: Callable[[int, int], None] | None = None  # e.g. the page's progress line
     on_phase: Callable[[str], None] | None = None  # a line when training and when scoring start
+    # Stopping criteria: the stop set's absolute indices, and the previous round's predicted class
+    # of each (quality.assess.UNKNOWN where there is none): kappa compares the two models' predictions.
+    stop_set: Tensor | None = None
+    previous_stop: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class RoundOutcome:
     accuracy: float | None  # fraction, None when the round was not measured
     per_class_accuracy: list[float | None] | None
     query: Query
+    assessment: Assessment = field(default_factory=Assessment)  # interval, calibration, stop-set signals
 
 
 class Oracle(Protocol):
@@ -91,6 +97,12 @@ class KnownLabels:
     def receive(self, inputs: RoundInputs, outcome: RoundOutcome, models: Models) -> None:
         if outcome.query.selected.numel():
             self.pool.label(outcome.query.selected, inputs.round_index + 1)
+
+
+def draw_stop_set(pool_size: int, size: int, seed: int) -> Tensor:
+    """An experiment's stop set: ``size`` pool images drawn once per trial (the same every round)."""
+    order = torch.randperm(pool_size, generator=generator(seed, 0, SEED_STOP))
+    return order[:size].sort().values
 
 
 def draw_candidates(unlabeled: Tensor, subset: int, k: int, seed: int, round_index: int) -> Tensor:
@@ -122,14 +134,28 @@ def run_round(inputs: RoundInputs, strategy: Strategy, models: Models, oracle: O
     )
     _sync(device)
     train_seconds = time.perf_counter() - start
-    accuracy, per_class = (None, None)
-    if inputs.measure:
-        accuracy, per_class = evaluate(models.model, inputs.dataset, config.train.eval_batch_size)
+    evaluation = evaluate(models.model, inputs.dataset, config.train.eval_batch_size) if inputs.measure else None
+    stop_logits = None
+    if inputs.stop_set is not None and inputs.stop_set.numel():
+        stop_logits = predict_all(models.model, inputs.dataset, inputs.stop_set, config.train.eval_batch_size)["logits"]
+    assessment = assess(
+        evaluation.logits if evaluation else None,
+        evaluation.labels if evaluation else None,
+        stop_logits,
+        inputs.previous_stop,
+    )
     query = NO_QUERY
     if inputs.k:
         say(f"round {inputs.round_index}: scoring {inputs.candidates.numel()} candidates ({strategy.name})")
         query = _select(inputs, strategy, models, aux_model)
-    outcome = RoundOutcome(fitted, train_seconds, accuracy, per_class, query)
+    outcome = RoundOutcome(
+        fitted,
+        train_seconds,
+        evaluation.accuracy if evaluation else None,
+        evaluation.per_class if evaluation else None,
+        query,
+        assessment,
+    )
     oracle.receive(inputs, outcome, models)
     return outcome
 

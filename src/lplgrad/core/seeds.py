@@ -17,6 +17,8 @@ SEED_QUERY = 3  # the strategy's own randomness (random sampling, k-means++ seed
 SEED_INITIAL_SET = 4  # an experiment's random initial labeled set
 SEED_ARTIFACTS = 5  # the test images kept for the t-SNE and confidence figures
 SEED_HOLDOUT = 7  # a labeling project's labeled images held out to measure accuracy (6 was never used)
+SEED_STOP = 8  # an experiment's stop set: the fixed pool images stopping criteria compare models on
+SEED_FOLDS = 9  # the folds of ``lplgrad review``'s out-of-sample predictions
 
 
 def derive_seed(*parts: int) -> int:

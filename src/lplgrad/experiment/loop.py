@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from torch import nn
+from torch import Tensor, nn
 
 from lplgrad.config.schema import RunConfig
 from lplgrad.core.pool import Pool
 from lplgrad.core.records import Measured, RoundRecord
-from lplgrad.core.round import KnownLabels, Models, RoundInputs, draw_candidates, run_round
+from lplgrad.core.round import KnownLabels, Models, RoundInputs, draw_candidates, draw_stop_set, run_round
 from lplgrad.core.seeds import SEED_INIT, derive_seed
 from lplgrad.data import Dataset
 from lplgrad.models.build import build_models
@@ -32,6 +32,7 @@ class Learner:
     model: nn.Module  # w_main
     aux_model: nn.Module  # w_aux; trained only by strategies with ``uses_aux_model``
     pool: Pool
+    stop_predictions: Tensor | None = None  # the last round's predicted classes of the stop set
 
 
 class RoundObserver(Protocol):
@@ -57,6 +58,7 @@ def run_rounds(
     trial_seed = config.seed + trial
     device = next(learner.model.parameters()).device
     oracle = KnownLabels(learner.pool)
+    stop_set = draw_stop_set(len(dataset.train), config.stop.set_size, trial_seed)
     records = []
     for round_index in range(first_round, len(sizes)):
         if round_index > 0 and not config.train.warm_start:
@@ -74,6 +76,8 @@ def run_rounds(
             round_index=round_index,
             progress=progress,
             description=f"{strategy.name} t{trial} r{round_index}",
+            stop_set=stop_set,
+            previous_stop=learner.stop_predictions,
         )
         try:
             outcome = run_round(inputs, strategy, Models(learner.model, learner.aux_model), oracle)
@@ -81,6 +85,7 @@ def run_rounds(
             error.round = round_index
             raise
         query, measured = outcome.query, Measured.of(outcome)
+        learner.stop_predictions = outcome.assessment.stop_predictions
         assert measured.accuracy is not None and measured.per_class_accuracy is not None  # an experiment measures
         record = RoundRecord(
             strategy=strategy.name,
@@ -101,6 +106,7 @@ def run_rounds(
             reduction=getattr(strategy, "reduction", None),
             device=str(device),
             world_size=world()[1],
+            **measured.quality(),
         )
         for observer in observers:
             observer.round_finished(record, learner)

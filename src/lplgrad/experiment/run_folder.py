@@ -153,6 +153,8 @@ class RunFolderRecorder:
             "labeled_at": learner.pool.labeled_at.clone(),
             "rows": self.rows,
         }
+        if learner.stop_predictions is not None:  # the next round's kappa compares against these
+            state["stop_predictions"] = learner.stop_predictions.clone()
         if record.round + 1 < self.num_rounds:  # weights are only needed to continue
             state["weights"] = model_state(learner.model, learner.aux_model, architecture(self.config, self.dataset))
         save_checkpoint(checkpoint_path(self.out_dir, record.strategy, record.trial), state)

@@ -170,7 +170,7 @@ def _start(
     pool.labeled_at = state["labeled_at"].clone()
     if "weights" in state:
         load_weights(model, aux_model, state["weights"])
-    return Learner(model, aux_model, pool)
+    return Learner(model, aux_model, pool, state.get("stop_predictions"))
 
 
 def _write_dataset_files(out_dir: Path, dataset: Dataset) -> None:

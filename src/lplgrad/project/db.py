@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from lplgrad.core.records import Measured
+from lplgrad.core.records import QUALITY_FIELDS, Measured
 from lplgrad.errors import UserError
 
 DB_FILE = "project.db"
@@ -93,6 +93,32 @@ MIGRATIONS = [
         sha256 TEXT NOT NULL,
         vector BLOB NOT NULL,
         PRIMARY KEY (backbone, sha256)
+    );
+    """,
+    """
+    -- Stopping and calibration (core.records.Measured): the accuracy's Wilson interval, expected
+    -- calibration error, the fitted temperature, reliability bins, the stop set's kappa and uncertainty.
+    ALTER TABLE rounds ADD COLUMN accuracy_low REAL;
+    ALTER TABLE rounds ADD COLUMN accuracy_high REAL;
+    ALTER TABLE rounds ADD COLUMN ece REAL;
+    ALTER TABLE rounds ADD COLUMN temperature REAL;
+    ALTER TABLE rounds ADD COLUMN reliability TEXT;  -- JSON [[images, mean confidence, accuracy], ...]
+    ALTER TABLE rounds ADD COLUMN stop_kappa REAL;
+    ALTER TABLE rounds ADD COLUMN stop_uncertainty REAL;
+    -- Each round's predicted class of its stop-set images: the next round's kappa compares with them.
+    CREATE TABLE stop_predictions (
+        round INTEGER NOT NULL REFERENCES rounds(round),
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        class_id INTEGER NOT NULL REFERENCES classes(id),
+        PRIMARY KEY (round, image_id)
+    );
+    -- Relabeled answers (lplgrad review): what the label was before, so nothing is lost.
+    CREATE TABLE relabeled (
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        old_class_id INTEGER NOT NULL REFERENCES classes(id),
+        old_source TEXT NOT NULL,
+        new_class_id INTEGER NOT NULL REFERENCES classes(id),
+        time TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     );
     """,
 ]
@@ -489,8 +515,14 @@ class RoundRow:
     measured: Measured | None = None
 
 
-def add_round(conn: sqlite3.Connection, record: RoundRow, queried: list[tuple[object, ...]]) -> None:
-    """A finished round and its queried images: (image id, rank, score, suggested class name, confidence)."""
+def add_round(
+    conn: sqlite3.Connection,
+    record: RoundRow,
+    queried: list[tuple[object, ...]],
+    stop_predictions: Sequence[tuple[int, int]] = (),
+) -> None:
+    """A finished round, its queried images (image id, rank, score, suggested class name,
+    confidence) and its stop set's predictions (image id, class index in ``classes`` order)."""
     m = record.measured
     values = {
         "round": record.round,
@@ -508,7 +540,11 @@ def add_round(conn: sqlite3.Connection, record: RoundRow, queried: list[tuple[ob
         "steps": None if m is None else m.steps,
         "epochs": None if m is None else m.epochs,
         "candidates": None if m is None else m.candidates,
+        **{name: None for name in QUALITY_FIELDS},
+        **({} if m is None else m.quality()),
     }
+    if values["reliability"] is not None:
+        values["reliability"] = json.dumps(values["reliability"])
     columns = ", ".join(values)  # the names above, never input
     conn.execute(f"INSERT INTO rounds ({columns}) VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
     class_ids = {name: i for i, name in conn.execute("SELECT id, name FROM classes").fetchall()}
@@ -519,6 +555,18 @@ def add_round(conn: sqlite3.Connection, record: RoundRow, queried: list[tuple[ob
             for image, rank, score, suggested, confidence in queried
         ],
     )
+    ordered = [class_id for (class_id,) in conn.execute("SELECT id FROM classes ORDER BY id")]
+    conn.executemany(
+        "INSERT INTO stop_predictions (round, image_id, class_id) VALUES (?, ?, ?)",
+        [(record.round, image, ordered[predicted]) for image, predicted in stop_predictions],
+    )
+
+
+def stop_predictions(conn: sqlite3.Connection, round_index: int) -> dict[int, int]:
+    """image id -> predicted class index (in ``classes`` order) of round ``round_index``'s stop set."""
+    index = {class_id: i for i, (class_id,) in enumerate(conn.execute("SELECT id FROM classes ORDER BY id"))}
+    rows = conn.execute("SELECT image_id, class_id FROM stop_predictions WHERE round = ?", (round_index,))
+    return {image: index[class_id] for image, class_id in rows}
 
 
 def label_of(conn: sqlite3.Connection, image: int) -> dict[str, object] | None:

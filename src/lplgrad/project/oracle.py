@@ -14,14 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lplgrad.core.records import Measured
 from lplgrad.core.round import Models, RoundInputs, RoundOutcome
 from lplgrad.models.build import architecture
 from lplgrad.models.model_file import save_models
 from lplgrad.project import db
 from lplgrad.project.exchange import BatchItem, batch_csv, label_studio_config, label_studio_tasks
+from lplgrad.quality.calibration import calibrated
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.train.inference import predict
 
@@ -45,13 +44,16 @@ class PersonBatch:
     url_prefix: str
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     items: list[BatchItem] = field(default_factory=list)
+    stop_ids: list[int] = field(default_factory=list)  # image ids of the round's stop set, in its order
+    stop_predicted: list[int] = field(default_factory=list)
 
     def receive(self, inputs: RoundInputs, outcome: RoundOutcome, models: Models) -> None:
-        """The round's picks, with the model's suggested class and confidence for each."""
+        """The round's picks, with the model's suggested class and its confidence, calibrated by the
+        temperature fitted on the measured images (1 when there are too few of them)."""
         query = outcome.query
-        probabilities = torch.softmax(
-            predict(models.model, inputs.dataset, query.selected, inputs.config.train.eval_batch_size)["logits"], dim=1
-        ).cpu()
+        temperature = outcome.assessment.temperature or 1.0
+        logits = predict(models.model, inputs.dataset, query.selected, inputs.config.train.eval_batch_size)["logits"]
+        probabilities = calibrated(logits, temperature).cpu()
         confidence, suggested = probabilities.max(dim=1)
         scores = [None] * query.selected.numel() if query.scores is None else query.scores.tolist()
         self.items = [
@@ -60,6 +62,8 @@ class PersonBatch:
                 zip((self.candidates[i - self.first_candidate] for i in query.selected.tolist()), scores, strict=True)
             )
         ]
+        if outcome.assessment.stop_predictions is not None:
+            self.stop_predicted = outcome.assessment.stop_predictions.tolist()
         model_file = f"models/round-{inputs.round_index}.pt"
         architecture_now = architecture(inputs.config, inputs.dataset)
         save_models(self.project / model_file, models.model, models.aux_model, architecture_now)
@@ -87,7 +91,7 @@ class PersonBatch:
             (i.image_id, i.rank, i.score, i.suggested_label, i.confidence) for i in self.items
         ]
         with db.transaction(self.conn):
-            db.add_round(self.conn, row, queried)
+            db.add_round(self.conn, row, queried, list(zip(self.stop_ids, self.stop_predicted, strict=False)))
         return folder
 
 

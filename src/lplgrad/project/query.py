@@ -9,10 +9,11 @@ follows the subset, not the pool.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from lplgrad.project.features import project_features
 from lplgrad.project.images import check_unchanged, decode, moved_fingerprints, project_keys
 from lplgrad.project.oracle import NoOracle, PersonBatch, batch_folder
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
+from lplgrad.quality.assess import UNKNOWN
 from lplgrad.runtime.distributed import is_writer, share
 from lplgrad.runtime.folder_lock import folder_lock
 from lplgrad.strategies import Strategy
@@ -104,9 +106,12 @@ class ProjectInputs:
     test_rows: list[db.ImageRow]  # labeled test images
     classes: list[str]
     image_size: int
-    # train.finetune = head: the backbone's cached features of labeled + candidates + test rows, and its levels
+    # train.finetune = head: the backbone's cached features of labeled + candidates + stop_extra + test rows
     features: torch.Tensor | None = None
     feature_channels: tuple[int, ...] = ()
+    stop_ids: list[int] = field(default_factory=list)  # the stop set (``stop_set_rows``)
+    stop_extra: list[db.ImageRow] = field(default_factory=list)  # its images neither labeled nor candidates
+    previous_stop: dict[int, int] = field(default_factory=dict)  # the last round's stop-set predictions
 
 
 def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> ProjectInputs:
@@ -133,7 +138,10 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
     candidates = [queryable[i] for i in drawn.tolist()]
     labeled = [row for row in pool if row.label is not None]
     test_rows = db.labeled_test_images(conn)
-    used = labeled + candidates + test_rows
+    stop_rows = stop_set_rows(pool, config.stop.set_size, config.seed) if labeled else []
+    chosen = {row.id for row in labeled} | {row.id for row in candidates}
+    stop_extra = [row for row in stop_rows if row.id not in chosen]
+    used = labeled + candidates + stop_extra + test_rows
     checked = check_unchanged(used)  # a changed file is an error here, before any training
     moved = moved_fingerprints(used, checked)
     if moved:  # the same bytes under a new stat (a restore, a copy): remembered, so they are hashed once
@@ -144,18 +152,33 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
     if config.train.finetune == "head" and labeled:  # a cold start trains nothing
         features, spec = project_features(conn, checked, config)
         channels = spec.feature_channels
-    n_labeled, n_candidates = len(labeled), len(candidates)
+    n_labeled, n_candidates, n_extra = len(labeled), len(candidates), len(stop_extra)
+    n_train = n_labeled + n_candidates + n_extra
     return ProjectInputs(
         config,
         round_index,
         checked[:n_labeled],
         checked[n_labeled : n_labeled + n_candidates],
-        checked[n_labeled + n_candidates :],
+        checked[n_train:],
         db.classes(conn),
         int(db.setting(conn, "image_size") or 64),
         features,
         channels,
+        [row.id for row in stop_rows],
+        checked[n_labeled + n_candidates : n_train],
+        db.stop_predictions(conn, round_index - 1),
     )
+
+
+def stop_set_rows(pool: list[db.ImageRow], size: int, seed: int) -> list[db.ImageRow]:
+    """The project's stop set: the ``size`` pool images whose hash of (seed, image id) is smallest.
+    The same images every round; an image added later enters only if it hashes below the others,
+    so successive rounds share nearly all of the set even as the pool grows."""
+
+    def key(row: db.ImageRow) -> bytes:
+        return hashlib.sha256(f"{seed}:{row.id}".encode()).digest()
+
+    return sorted(sorted(pool, key=key)[:size], key=lambda row: row.id)
 
 
 def _oracle(project: Path, conn: Any, inputs: ProjectInputs, strategy: str, url_prefix: str) -> Oracle:
@@ -209,6 +232,9 @@ def _trained_round(
     if held:
         report(f"round {round_index}: {held} of the {len(inputs.labeled)} labeled images held out to measure accuracy")
     first = len(inputs.labeled)
+    stop_set, previous_stop = _stop_indices(inputs)
+    if isinstance(oracle, PersonBatch):
+        oracle.stop_ids = inputs.stop_ids
     round_inputs = RoundInputs(
         config=config,
         dataset=dataset.to(device),
@@ -222,6 +248,8 @@ def _trained_round(
         description=f"round {round_index}",
         on_epoch=None if on_progress is None else lambda e, n: on_progress(f"round {round_index}: epoch {e} of {n}"),
         on_phase=report,
+        stop_set=stop_set,
+        previous_stop=previous_stop,
     )
     try:
         outcome = run_round(round_inputs, strategy, Models(model, aux_model), oracle)
@@ -239,24 +267,34 @@ def _trained_round(
     )
 
 
+def _stop_indices(inputs: ProjectInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stop set as indices into the round's train split (labeled + candidates + stop_extra), and
+    the last round's prediction of each (``UNKNOWN`` for an image it did not predict)."""
+    position = {row.id: i for i, row in enumerate(inputs.labeled + inputs.candidates + inputs.stop_extra)}
+    stop_set = torch.tensor([position[i] for i in inputs.stop_ids], dtype=torch.long)
+    previous = torch.tensor([inputs.previous_stop.get(i, UNKNOWN) for i in inputs.stop_ids], dtype=torch.long)
+    return stop_set, previous
+
+
 def round_dataset(inputs: ProjectInputs) -> tuple[Dataset, torch.Tensor, str | None]:
     """The round's Dataset: train = labeled + candidates (the candidates' labels are -1: never
     trained on), test = the test images, else a seeded 20% of the labeled ones held out of
     training; returns it with the train indices to fit on and what accuracy is measured on."""
-    labeled, candidates, test_rows, classes = inputs.labeled, inputs.candidates, inputs.test_rows, inputs.classes
+    labeled, test_rows, classes = inputs.labeled, inputs.test_rows, inputs.classes
+    unlabeled = inputs.candidates + inputs.stop_extra  # never trained on
     size = inputs.image_size
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[row.label] for row in labeled if row.label is not None], dtype=torch.long)
     if inputs.features is not None:  # train.finetune = head: the backbone's cached features, nothing decoded
-        images = inputs.features[: len(labeled) + len(candidates), :, None, None]
+        images = inputs.features[: len(labeled) + len(unlabeled), :, None, None]
     else:
-        images = decode(labeled + candidates, size)
-    train_labels = torch.cat([labels, torch.full((len(candidates),), -1, dtype=torch.long)])
+        images = decode(labeled + unlabeled, size)
+    train_labels = torch.cat([labels, torch.full((len(unlabeled),), -1, dtype=torch.long)])
     train_ids = torch.arange(len(labeled))
     measured_on: str | None = None
     if test_rows:
         test_images = (
-            inputs.features[len(labeled) + len(candidates) :, :, None, None]
+            inputs.features[len(labeled) + len(unlabeled) :, :, None, None]
             if inputs.features is not None
             else decode(test_rows, size)
         )
@@ -276,7 +314,7 @@ def round_dataset(inputs: ProjectInputs) -> tuple[Dataset, torch.Tensor, str | N
         test,
         classes,
         stats_of=images[: len(labeled)] if inputs.features is None else None,
-        train_files=project_keys(labeled + candidates),  # for an embeddings index (typiclust, probcover)
+        train_files=project_keys(labeled + unlabeled),  # for an embeddings index (typiclust, probcover)
         feature_channels=inputs.feature_channels,
     )
     return dataset, train_ids, measured_on

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from lplgrad.data import Dataset
 from lplgrad.models.output import penultimate, split_output
-from lplgrad.runtime.distributed import gather, shard, sum_over_ranks, world
+from lplgrad.runtime.distributed import gather, shard, world
 
 
 @contextmanager
@@ -82,20 +83,35 @@ def predict_all(
     return {key: gather(value) for key, value in sorted(mine.items())}  # the same order on every rank
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, list[float | None]]:
-    """Test accuracy (fraction) and per-class accuracy (None for a class absent from the test set).
-    Under torchrun each process counts its shard of the test set and the counts are summed."""
+@dataclass(frozen=True)
+class Evaluation:
+    """A model on the test split: accuracy, per class, and the logits behind them (for calibration)."""
+
+    accuracy: float  # fraction
+    per_class: list[float | None]  # None for a class absent from the test set
+    correct: int
+    total: int
+    logits: Tensor  # [N, C] of every test image, in test order (gathered from all ranks)
+    labels: Tensor  # [N]
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> Evaluation:
+    """Test accuracy and per-class accuracy. Under torchrun each process predicts its shard of the
+    test set and every process receives all the logits, so each computes the same numbers."""
     test = dataset.test
     mine = torch.arange(len(test))[shard(len(test))]
-    labels = test.labels[mine.to(test.labels.device)]
-    logits = predict(model, dataset, mine, batch_size, split="test")["logits"] if mine.numel() else None
-    correct = (logits.argmax(1) == labels).float() if logits is not None else torch.zeros(0, device=labels.device)
-    counts = torch.stack(
-        [
-            torch.bincount(labels, minlength=dataset.num_classes).float(),
-            torch.bincount(labels, weights=correct, minlength=dataset.num_classes).float(),
-        ]
-    )
-    per_class_total, per_class_correct = sum_over_ranks(counts)
+    logits = predict(model, dataset, mine, batch_size, split="test")["logits"]
+    logits = gather(logits).cpu()
+    labels = test.labels.cpu()
+    correct = logits.argmax(1) == labels
+    per_class_total = torch.bincount(labels, minlength=dataset.num_classes).float()
+    per_class_correct = torch.bincount(labels, weights=correct.float(), minlength=dataset.num_classes)
     ratios = (per_class_correct / per_class_total).tolist()  # 0/0 -> nan for absent classes
-    return float(per_class_correct.sum() / per_class_total.sum()), [None if math.isnan(r) else r for r in ratios]
+    return Evaluation(
+        float(per_class_correct.sum() / per_class_total.sum()),  # float32, as rows have always held
+        [None if math.isnan(r) else r for r in ratios],
+        int(correct.sum()),
+        int(labels.numel()),
+        logits,
+        labels,
+    )
