@@ -88,6 +88,13 @@ def test_rounds_of_labeling_end_to_end(tmp_path: Path, capsys) -> None:
     assert rounds[0]["accuracy"] is None and all(r["accuracy_on"] == "test" for r in rounds[1:])
     assert run("status", str(project), "--json") == 0
     assert json.loads(capsys.readouterr().out)["labeled"] == 24
+    # Stopping and calibration are stored with each trained round: kappa from the second one on.
+    assert rounds[1]["stop_kappa"] is None and -1 <= rounds[2]["stop_kappa"] <= 1
+    assert all(r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] for r in rounds[1:])
+    assert [c["name"] for c in status["stopping"]["criteria"]][:2] == ["stable predictions", "low uncertainty"]
+    assert run("status", str(project)) == 0
+    out = capsys.readouterr().out
+    assert "when to stop: " in out and "keep labeling" in out and "expected calibration error" in out
 
     assert run("export", str(project), "--out", str(tmp_path / "labels.csv")) == 0
     exported = list(csv.DictReader((tmp_path / "labels.csv").open()))

@@ -183,14 +183,34 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
     )
     print("labeled per class: " + ", ".join(f"{k} {v}" for k, v in status["per_class"].items()))
     for r in status["rounds"]:
-        accuracy = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}% ({r['accuracy_on']})"
-        print(
-            f"round {r['round']}: {r['strategy']}, trained on {r['labeled']}, queried {r['queried']}, "
-            f"accuracy {accuracy}"
-        )
+        print(f"round {r['round']}: {r['strategy']}, trained on {r['labeled']}, queried {r['queried']}, {_measured(r)}")
     measured = {name: value for name, value in status["per_class_accuracy"].items() if value is not None}
     if measured:
         print("accuracy per class (latest round): " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in measured.items()))
+    stopping = status["stopping"]
+    if stopping["criteria"]:
+        print(f"when to stop: {stopping['summary']}")
+        for c in stopping["criteria"]:
+            state = f"met since round {c['since']}" if c["met"] else "not met"
+            print(f"  {c['name']}: {state}; {c['detail']}")
+    if stopping["ece"] is not None:
+        print(
+            f"calibration (latest round): expected calibration error {100 * stopping['ece']:.1f}%; suggested "
+            f"confidences are temperature-scaled (T = {stopping['temperature']:.2f})"
+        )
+
+
+def _measured(r: dict[str, Any]) -> str:
+    """A round's accuracy with its 95% interval and its stop-set kappa, as far as they were measured."""
+    if r["accuracy"] is None:
+        return "accuracy -"
+    interval = ""
+    if r["accuracy_low"] is not None:
+        interval = f" [{100 * r['accuracy_low']:.1f}, {100 * r['accuracy_high']:.1f}]"
+    text = f"accuracy {100 * r['accuracy']:.1f}%{interval} ({r['accuracy_on']})"
+    if r["stop_kappa"] is not None:
+        text += f", kappa {r['stop_kappa']:.3f}"
+    return text
 
 
 def allowed_hosts(bound: str, extra: list[str]) -> list[str]:

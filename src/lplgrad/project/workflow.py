@@ -23,7 +23,8 @@ from lplgrad.project import db
 from lplgrad.project.exchange import LabelRecord, csv_writer, parse_file, spreadsheet_text
 from lplgrad.project.images import find_images, moved_files, project_image_size, register
 from lplgrad.project.labeling import per_class_accuracy
-from lplgrad.project.settings import resolve_settings, write_settings
+from lplgrad.project.settings import read_settings, resolve_settings, write_settings
+from lplgrad.project.stopping import stopping_state
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.runtime.folder_lock import folder_lock
 
@@ -287,9 +288,26 @@ def status(project: Path, check: bool = False) -> dict[str, Any]:
             "classes": names,
             "per_class": db.labels_per_class(conn),
             "rounds": [
-                {k: r[k] for k in ("round", "strategy", "labeled", "queried", "accuracy", "accuracy_on", "finished")}
+                {
+                    k: r.get(k)
+                    for k in (
+                        "round",
+                        "strategy",
+                        "labeled",
+                        "queried",
+                        "accuracy",
+                        "accuracy_on",
+                        "accuracy_low",
+                        "accuracy_high",
+                        "ece",
+                        "stop_kappa",
+                        "stop_uncertainty",
+                        "finished",
+                    )
+                }
                 for r in rounds
             ],
+            "stopping": stopping_state(rounds, read_settings(project)),
             # the newest round that measured one: where the weak classes are
             "per_class_accuracy": next(
                 (per_class_accuracy(r, names) for r in reversed(rounds) if r.get("per_class_accuracy")), {}

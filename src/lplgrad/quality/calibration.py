@@ -49,8 +49,8 @@ class Reliability:
 
 def reliability(probabilities: Tensor, labels: Tensor, bins: int = BINS) -> Reliability:
     """The reliability diagram's bins of top-class confidence ``probabilities`` [N, C] vs ``labels`` [N]."""
-    confidence, predicted = probabilities.float().max(dim=1)
-    correct = (predicted == labels.to(predicted.device)).float()
+    confidence, predicted = probabilities.double().max(dim=1)  # float64 sums: exact enough for any N
+    correct = (predicted == labels.to(predicted.device)).double()
     which = (confidence * bins).long().clamp(max=bins - 1)  # a confidence of exactly 1 goes in the last bin
     counts = torch.bincount(which, minlength=bins).cpu()
     sum_confidence = torch.bincount(which, weights=confidence, minlength=bins).cpu()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import binomtest
@@ -77,6 +78,24 @@ class Rules:
     window: int = 3
     uncertainty: float = 0.1
     target: float | None = None
+
+    @classmethod
+    def of(cls, stop: object) -> Rules:
+        """From ``config.stop`` (a ``StopConfig``), by field name."""
+        return cls(stop.kappa, stop.window, stop.uncertainty, stop.target)  # type: ignore[attr-defined]
+
+
+def signals_of(row: dict[str, Any]) -> Signals:
+    """A round's signals from an experiment's results row or a project's rounds row."""
+    return Signals(
+        int(row["round"]),
+        int(row["labeled"]),
+        row.get("test_accuracy", row.get("accuracy")),
+        row.get("accuracy_low"),
+        row.get("accuracy_high"),
+        row.get("stop_kappa"),
+        row.get("stop_uncertainty"),
+    )
 
 
 @dataclass(frozen=True)

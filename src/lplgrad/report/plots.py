@@ -128,3 +128,25 @@ def confidence_histograms(values: dict[str, tuple[np.ndarray, np.ndarray]], path
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def reliability_diagram(bins: dict[str, tuple[list[float | None], list[float | None]]], path: Path, title: str) -> None:
+    """Accuracy vs mean confidence per confidence bin, one line per method, and the diagonal of a
+    perfectly calibrated model (Guo et al. 2017, Fig. 1). ``bins[method] = (confidence, accuracy)``."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for method, (confidence, accuracy) in bins.items():
+        points = [(c, a) for c, a in zip(confidence, accuracy, strict=True) if c is not None and a is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=4, label=method, color=method_color(method))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence in the bin")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

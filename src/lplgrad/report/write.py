@@ -4,7 +4,8 @@ Reads every DIR/results.jsonl (slices of one run, or a run still going) and writ
 report.md with: the accuracy table (Table III: mean +/- std over trials, best in bold,
 AUBC), paired differences to random with confidence intervals, the timing table
 (Table IV), the with/without w_aux ablation (Tables V/VI), learning curves
-(Figs. 3-5), per-class accuracy (Fig. 8) and the classes of the queried images.
+(Figs. 3-5), per-class accuracy (Fig. 8), the classes of the queried images, where each
+stopping rule would have stopped (report/stopping.py) and calibration with a reliability diagram.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from lplgrad.core.schedule import labeled_schedule
 from lplgrad.errors import UserError
 from lplgrad.experiment import artifacts
 from lplgrad.experiment.results import CONFIG_FILE, RESULTS_FILE, read_results
-from lplgrad.report import plots
+from lplgrad.quality.stopping import Rules
+from lplgrad.report import plots, stopping
 from lplgrad.report.metrics import aubc, mean_std, paired_difference
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.strategies import list_strategies, strategy_class
@@ -257,6 +259,17 @@ def figures(run: Run, out_dir: Path, title: str) -> list[str]:
     return lines
 
 
+def reliability_figure(run: Run, out_dir: Path, title: str) -> list[str]:
+    """The final round's reliability diagram per method, bins pooled over trials."""
+    pooled = {m: stopping.pooled_reliability(run.rows, m) for m in methods_in(run.rows)}
+    bins = {m: (r.confidence, r.accuracy) for m, r in pooled.items() if r is not None}
+    if not bins:
+        return []
+    last = max(r["labeled"] for r in run.rows)
+    plots.reliability_diagram(bins, out_dir / "reliability.png", f"{title}: reliability at {last} labeled (test set)")
+    return ["", "![reliability diagram](reliability.png)"]
+
+
 def artifact_figures(dirs: list[Path], run: Run, out_dir: Path, title: str) -> list[str]:
     """t-SNE of test features (Fig. 6) and confidence histograms (Fig. 7) from --save-artifacts files."""
     from sklearn.manifold import TSNE
@@ -339,9 +352,18 @@ def write_report(dirs: list[Path], out_dir: Path | None = None) -> Path:
         "",
         *ablation_table(run),
         "",
+        "## When to stop: each stopping rule on this known-labels run",
+        "",
+        *stopping.stopping_section(run.rows, methods_in(run.rows), Rules.of((run.config or RunConfig()).stop)),
+        "",
+        "## Calibration",
+        "",
+        *stopping.calibration_section(run.rows, methods_in(run.rows)),
+        "",
         "## Figures",
         "",
         *figures(run, out_dir, title),
+        *reliability_figure(run, out_dir, title),
         *artifact_figures(dirs, run, out_dir, title),
         "",
     ]
