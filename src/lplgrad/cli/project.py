@@ -13,13 +13,15 @@ from typing import Any
 from lplgrad.config import files as config_files
 from lplgrad.errors import UserError
 from lplgrad.project import db, workflow
+from lplgrad.project.duplicates import describe
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX
 from lplgrad.project.predict import predict_files
 from lplgrad.project.query import query
+from lplgrad.project.review import DEFAULT_FOLDS, ReviewResult, review
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
 from lplgrad.runtime.distributed import launch_rank, process_group
 
-COMMANDS = ("init", "add", "query", "import", "status", "export", "predict", "label")
+COMMANDS = ("init", "add", "query", "import", "status", "review", "export", "predict", "label")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -70,6 +72,16 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("project", type=Path, metavar="DIR")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--no-check", action="store_true", help="skip checking the database page by page (large projects)")
+
+    rv = sub.add_parser(
+        "review", allow_abbrev=False, help="the answers the model doubts most, as a batch to relabel, and duplicates"
+    )
+    rv.add_argument("project", type=Path, metavar="DIR")
+    rv.add_argument(
+        "--k", type=int, default=DEFAULT_BATCH, help=f"doubtful answers in the batch (default {DEFAULT_BATCH})"
+    )
+    rv.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"k-fold models (default {DEFAULT_FOLDS})")
+    rv.add_argument("--url-prefix", default=LOCAL_FILES_PREFIX, help="prefix of image URLs in label-studio.json")
 
     ex = sub.add_parser("export", allow_abbrev=False, help="the labels as CSV, or as class folders")
     ex.add_argument("project", type=Path, metavar="DIR")
@@ -153,6 +165,8 @@ def _run(args: argparse.Namespace) -> None:
         )
     elif args.command == "status":
         print_status(workflow.status(args.project, check=not args.no_check), args.json)
+    elif args.command == "review":
+        print_review(review(args.project, args.k, args.folds, args.url_prefix))
     elif args.command == "export":
         if args.format == "csv":
             print(f"{workflow.export_csv(args.project, args.out)} labels written to {args.out}")
@@ -162,6 +176,21 @@ def _run(args: argparse.Namespace) -> None:
         serve(args)
     elif args.command == "predict":
         print(f"{predict_files(args.project, args.images, args.out)} predictions written to {args.out}")
+
+
+def print_review(result: ReviewResult) -> None:
+    print(
+        f"review {result.batch}: {result.flagged} of {result.reviewed} answers are confidently contradicted by "
+        f"out-of-sample predictions; the {result.listed} most doubtful are in {result.folder / 'batch.csv'}"
+    )
+    if result.listed:
+        print(
+            "  its label column holds the current label and suggested_label the model's: correct the wrong ones, "
+            f"then `lplgrad import DIR {result.folder / 'batch.csv'} --relabel` (old labels are kept)"
+        )
+    for line in describe(result.duplicates):
+        print(line)
+    print(f"  all pairs: {result.folder / 'duplicates.csv'}")
 
 
 def _project_device(project: Path) -> str:
@@ -193,6 +222,8 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
         for c in stopping["criteria"]:
             state = f"met since round {c['since']}" if c["met"] else "not met"
             print(f"  {c['name']}: {state}; {c['detail']}")
+    for line in status["duplicates"]:
+        print(line)
     if stopping["ece"] is not None:
         print(
             f"calibration (latest round): expected calibration error {100 * stopping['ece']:.1f}%; suggested "

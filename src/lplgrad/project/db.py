@@ -112,6 +112,25 @@ MIGRATIONS = [
         class_id INTEGER NOT NULL REFERENCES classes(id),
         PRIMARY KEY (round, image_id)
     );
+    -- Pairs of image contents whose features under a backbone are near duplicates (cosine >= the
+    -- threshold, quality.duplicates), found when the features are computed, first_sha < second_sha.
+    CREATE TABLE near_duplicates (
+        backbone TEXT NOT NULL,
+        first_sha TEXT NOT NULL,
+        second_sha TEXT NOT NULL,
+        similarity REAL NOT NULL,
+        PRIMARY KEY (backbone, first_sha, second_sha)
+    );
+    -- The doubtful answers each ``lplgrad review`` listed, and what the model suggested instead.
+    CREATE TABLE review (
+        batch INTEGER NOT NULL,
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        rank INTEGER NOT NULL,
+        given_class_id INTEGER NOT NULL REFERENCES classes(id),
+        suggested_class_id INTEGER NOT NULL REFERENCES classes(id),
+        self_confidence REAL NOT NULL,  -- the out-of-sample probability of the given label
+        PRIMARY KEY (batch, image_id)
+    );
     -- Relabeled answers (lplgrad review): what the label was before, so nothing is lost.
     CREATE TABLE relabeled (
         image_id INTEGER NOT NULL REFERENCES images(id),
@@ -484,6 +503,106 @@ def add_features(conn: sqlite3.Connection, backbone: str, vectors: list[tuple[st
     conn.executemany(
         "INSERT OR REPLACE INTO features (backbone, sha256, vector) VALUES (?, ?, ?)",
         [(backbone, digest, vector) for digest, vector in vectors],
+    )
+
+
+def feature_pages(conn: sqlite3.Connection, backbone: str, page: int = 4096) -> Iterator[list[tuple[str, bytes]]]:
+    """Every stored (sha256, vector) of ``backbone``, ``page`` at a time (memory bounded by a page)."""
+    last = ""
+    while True:
+        rows = conn.execute(
+            "SELECT sha256, vector FROM features WHERE backbone = ? AND sha256 > ? ORDER BY sha256 LIMIT ?",
+            (backbone, last, page),
+        ).fetchall()
+        if not rows:
+            return
+        yield [(row[0], bytes(row[1])) for row in rows]
+        last = rows[-1][0]
+
+
+def feature_backbones(conn: sqlite3.Connection) -> list[str]:
+    """The backbone keys features are stored under."""
+    return [row[0] for row in conn.execute("SELECT DISTINCT backbone FROM features")]
+
+
+def add_near_duplicates(conn: sqlite3.Connection, backbone: str, pairs: list[tuple[str, str, float]]) -> None:
+    """(sha256, sha256, cosine similarity) pairs, in either order; call inside ``transaction``."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO near_duplicates (backbone, first_sha, second_sha, similarity) VALUES (?, ?, ?, ?)",
+        [(backbone, min(a, b), max(a, b), similarity) for a, b, similarity in pairs if a != b],
+    )
+
+
+def near_duplicate_images(conn: sqlite3.Connection, backbone: str) -> list[tuple[ImageRow, ImageRow, float]]:
+    """Registered images whose contents are near duplicates under ``backbone``, most similar first
+    (every image of each content: copies of one file appear under each of their paths)."""
+    by_sha: dict[str, list[ImageRow]] = {}
+    for row in images(conn):
+        by_sha.setdefault(row.sha256, []).append(row)
+    pairs = conn.execute(
+        "SELECT first_sha, second_sha, similarity FROM near_duplicates WHERE backbone = ? ORDER BY similarity DESC",
+        (backbone,),
+    )
+    return [
+        (a, b, float(sim))
+        for first, second, sim in pairs
+        for a in by_sha.get(first, [])
+        for b in by_sha.get(second, [])
+    ]
+
+
+def add_review(conn: sqlite3.Connection, batch: int, items: list[tuple[int, int, str, str, float]]) -> None:
+    """A review batch: (image id, rank, given class, suggested class, self-confidence)."""
+    class_ids = {name: i for i, name in conn.execute("SELECT id, name FROM classes").fetchall()}
+    conn.executemany(
+        "INSERT INTO review (batch, image_id, rank, given_class_id, suggested_class_id, self_confidence) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(batch, image, rank, class_ids[given], class_ids[suggested], p) for image, rank, given, suggested, p in items],
+    )
+
+
+def last_review(conn: sqlite3.Connection) -> int:
+    """The number of the latest review batch, 0 if none."""
+    return int(conn.execute("SELECT COALESCE(MAX(batch), 0) FROM review").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    batch: int
+    rank: int
+    image: ImageRow  # its label now (``image.label``) may differ from ``given`` once relabeled
+    given: str
+    suggested: str
+    self_confidence: float
+
+
+def review_items(conn: sqlite3.Connection, batch: int) -> list[ReviewItem]:
+    names = dict(conn.execute("SELECT id, name FROM classes").fetchall())
+    rows = {
+        row.id: row
+        for row in _images(conn, "WHERE images.id IN (SELECT image_id FROM review WHERE batch = ?)", (batch,))
+    }
+    return [
+        ReviewItem(
+            batch,
+            r["rank"],
+            rows[r["image_id"]],
+            names[r["given_class_id"]],
+            names[r["suggested_class_id"]],
+            r["self_confidence"],
+        )
+        for r in conn.execute("SELECT * FROM review WHERE batch = ? ORDER BY rank", (batch,))
+    ]
+
+
+def log_relabels(conn: sqlite3.Connection, changes: list[tuple[int, str]]) -> None:
+    """Keep the current label of each (image id, new class name) in ``relabeled`` before it is
+    changed; call inside the transaction that changes it."""
+    conn.executemany(
+        "INSERT INTO relabeled (image_id, old_class_id, old_source, new_class_id) "
+        "SELECT labels.image_id, labels.class_id, labels.source, (SELECT id FROM classes WHERE name = ?) "
+        "FROM labels WHERE labels.image_id = ?",
+        [(new, image) for image, new in changes],
     )
 
 

@@ -239,6 +239,7 @@ class BatchItem:
     confidence: float | None
     score: float | None
     rank: int
+    current_label: str | None = None  # a review batch: the label the image has now, in the label column
 
 
 def csv_writer(out: io.StringIO) -> Any:
@@ -263,7 +264,8 @@ def from_spreadsheet(value: str) -> str:
 
 
 def batch_csv(items: Iterable[BatchItem]) -> str:
-    """batch.csv: one row per image, the label column empty for the person to fill."""
+    """batch.csv: one row per image, the label column empty for the person to fill (a review batch:
+    the current label, for the person to keep or correct)."""
     out = io.StringIO()
     writer = csv_writer(out)
     writer.writerow(BATCH_COLUMNS)
@@ -272,7 +274,7 @@ def batch_csv(items: Iterable[BatchItem]) -> str:
             [
                 item.image_id,
                 spreadsheet_text(item.path),
-                "",
+                spreadsheet_text(item.current_label or ""),
                 spreadsheet_text(item.suggested_label or ""),
                 "" if item.confidence is None else f"{item.confidence:.4f}",
                 "" if item.score is None else f"{item.score:.6g}",

@@ -23,6 +23,7 @@ from lplgrad.config.schema import RunConfig
 from lplgrad.experiment.runner import resolve_device
 from lplgrad.models.backbones import BackboneSpec, create_pretrained
 from lplgrad.project import db
+from lplgrad.project.duplicates import record_near_duplicates
 from lplgrad.project.images import decode
 from lplgrad.train.features import pooled_features
 
@@ -60,6 +61,7 @@ def project_features(
                 items = [(row.sha256, vector.tobytes()) for row, vector in zip(chunk, vectors, strict=True)]
                 with db.transaction(conn):  # type: ignore[arg-type]
                     db.add_features(conn, key, items)  # type: ignore[arg-type]
+                record_near_duplicates(conn, key, items, sum(spec.feature_channels))
                 stored.update(items)
         bar.close()
     dims = sum(spec.feature_channels)

@@ -9,6 +9,7 @@ next query); after it, the round is complete.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,8 @@ from lplgrad.project.exchange import BatchItem, batch_csv, label_studio_config, 
 from lplgrad.quality.calibration import calibrated
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.train.inference import predict
+
+log = logging.getLogger(__name__)
 
 
 def batch_folder(project: Path, round_index: int) -> Path:
@@ -46,6 +49,8 @@ class PersonBatch:
     items: list[BatchItem] = field(default_factory=list)
     stop_ids: list[int] = field(default_factory=list)  # image ids of the round's stop set, in its order
     stop_predicted: list[int] = field(default_factory=list)
+    # image id -> ids of its exact and near duplicates among the candidates: one batch holds one of them
+    copies: dict[int, set[int]] = field(default_factory=dict)
 
     def receive(self, inputs: RoundInputs, outcome: RoundOutcome, models: Models) -> None:
         """The round's picks, with the model's suggested class and its confidence, calibrated by the
@@ -56,12 +61,18 @@ class PersonBatch:
         probabilities = calibrated(logits, temperature).cpu()
         confidence, suggested = probabilities.max(dim=1)
         scores = [None] * query.selected.numel() if query.scores is None else query.scores.tolist()
-        self.items = [
-            BatchItem(row.id, row.path, self.classes[int(suggested[rank])], float(confidence[rank]), score, rank + 1)
-            for rank, (row, score) in enumerate(
-                zip((self.candidates[i - self.first_candidate] for i in query.selected.tolist()), scores, strict=True)
+        picked = [self.candidates[i - self.first_candidate] for i in query.selected.tolist()]
+        kept: list[BatchItem] = []
+        for pick, (row, score) in enumerate(zip(picked, scores, strict=True)):
+            if any(item.image_id in self.copies.get(row.id, ()) for item in kept):
+                log.info("%s left out of the batch: a near duplicate of an image already in it", row.path)
+                continue
+            kept.append(
+                BatchItem(
+                    row.id, row.path, self.classes[int(suggested[pick])], float(confidence[pick]), score, len(kept) + 1
+                )
             )
-        ]
+        self.items = kept
         if outcome.assessment.stop_predictions is not None:
             self.stop_predicted = outcome.assessment.stop_predictions.tolist()
         model_file = f"models/round-{inputs.round_index}.pt"

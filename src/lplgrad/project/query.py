@@ -28,8 +28,9 @@ from lplgrad.errors import UserError
 from lplgrad.experiment.runner import make_strategy, resolve_device
 from lplgrad.models.build import build_models
 from lplgrad.project import db
+from lplgrad.project.duplicates import find_duplicates
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem
-from lplgrad.project.features import project_features
+from lplgrad.project.features import backbone_key, project_features
 from lplgrad.project.images import check_unchanged, decode, moved_fingerprints, project_keys
 from lplgrad.project.oracle import NoOracle, PersonBatch, batch_folder
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
@@ -112,6 +113,7 @@ class ProjectInputs:
     stop_ids: list[int] = field(default_factory=list)  # the stop set (``stop_set_rows``)
     stop_extra: list[db.ImageRow] = field(default_factory=list)  # its images neither labeled nor candidates
     previous_stop: dict[int, int] = field(default_factory=dict)  # the last round's stop-set predictions
+    copies: dict[int, set[int]] = field(default_factory=dict)  # exact and near duplicates among the candidates
 
 
 def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> ProjectInputs:
@@ -149,9 +151,10 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
             db.update_fingerprints(conn, moved)
     features: torch.Tensor | None = None
     channels: tuple[int, ...] = ()
+    backbone = None
     if config.train.finetune == "head" and labeled:  # a cold start trains nothing
         features, spec = project_features(conn, checked, config)
-        channels = spec.feature_channels
+        channels, backbone = spec.feature_channels, backbone_key(config, spec.image_size)
     n_labeled, n_candidates, n_extra = len(labeled), len(candidates), len(stop_extra)
     n_train = n_labeled + n_candidates + n_extra
     return ProjectInputs(
@@ -167,7 +170,18 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
         [row.id for row in stop_rows],
         checked[n_labeled + n_candidates : n_train],
         db.stop_predictions(conn, round_index - 1),
+        copies_among(find_duplicates(conn, backbone).pool_pairs, {row.id for row in candidates}),
     )
+
+
+def copies_among(pairs: list[tuple[db.ImageRow, db.ImageRow, float]], ids: set[int]) -> dict[int, set[int]]:
+    """image id -> its duplicates, for the pairs whose two images are both in ``ids``."""
+    copies: dict[int, set[int]] = {}
+    for a, b, _ in pairs:
+        if a.id in ids and b.id in ids:
+            copies.setdefault(a.id, set()).add(b.id)
+            copies.setdefault(b.id, set()).add(a.id)
+    return copies
 
 
 def stop_set_rows(pool: list[db.ImageRow], size: int, seed: int) -> list[db.ImageRow]:
@@ -235,6 +249,7 @@ def _trained_round(
     stop_set, previous_stop = _stop_indices(inputs)
     if isinstance(oracle, PersonBatch):
         oracle.stop_ids = inputs.stop_ids
+        oracle.copies = inputs.copies
     round_inputs = RoundInputs(
         config=config,
         dataset=dataset.to(device),

@@ -20,7 +20,9 @@ from typing import Any
 
 from lplgrad.errors import UserError, quoted
 from lplgrad.project import db
+from lplgrad.project.duplicates import describe, find_duplicates
 from lplgrad.project.exchange import LabelRecord, csv_writer, parse_file, spreadsheet_text
+from lplgrad.project.features import backbone_key
 from lplgrad.project.images import find_images, moved_files, project_image_size, register
 from lplgrad.project.labeling import per_class_accuracy
 from lplgrad.project.settings import read_settings, resolve_settings, write_settings
@@ -218,7 +220,8 @@ def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, 
             )
         answers.setdefault(row.id, []).append(record)
     latest_round = db.last_round_of(conn)
-    writes = []
+    writes: list[tuple[object, ...]] = []
+    relabels: list[tuple[int, str]] = []
     for image, given in answers.items():
         chosen = _resolve_answers(given, on_conflict)
         current = by_id[image].label
@@ -234,7 +237,9 @@ def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, 
             counts.labeled += 1
         else:
             counts.relabeled += 1
+            relabels.append((image, str(chosen.label)))
         writes.append((image, chosen.label, chosen.source, latest_round.get(image), chosen.time, chosen.annotator))
+    db.log_relabels(conn, relabels)  # the old labels are kept, never lost
     db.set_labels(conn, writes)  # type: ignore[arg-type]
     return counts
 
@@ -276,6 +281,7 @@ def status(project: Path, check: bool = False) -> dict[str, Any]:
         if check:
             db.check_integrity(conn, project)
         counted = db.counts(conn)
+        config = read_settings(project)
         pending = len(db.pending_ids(conn))  # pending images are unlabeled by definition
         names = db.classes(conn)
         rounds = db.rounds(conn)
@@ -307,12 +313,22 @@ def status(project: Path, check: bool = False) -> dict[str, Any]:
                 }
                 for r in rounds
             ],
-            "stopping": stopping_state(rounds, read_settings(project)),
+            "stopping": stopping_state(rounds, config),
+            "duplicates": describe(find_duplicates(conn, _backbone(conn, config))),
             # the newest round that measured one: where the weak classes are
             "per_class_accuracy": next(
                 (per_class_accuracy(r, names) for r in reversed(rounds) if r.get("per_class_accuracy")), {}
             ),
         }
+
+
+def _backbone(conn: Any, config: Any) -> str | None:
+    """The feature-cache key of the project's pretrained backbone (at whichever input size its
+    features were computed), None without one: status builds no model."""
+    if config.train.finetune != "head":
+        return None
+    prefix = backbone_key(config, 0).rsplit("|", 1)[0] + "|"
+    return next((key for key in db.feature_backbones(conn) if key.startswith(prefix)), None)
 
 
 def export_csv(project: Path, out: Path) -> int:

@@ -1,0 +1,80 @@
+"""Exact and near duplicates among a project's images, on its backbone's cached features.
+
+Near-duplicate pairs are found when features are computed (``record_near_duplicates``, called by
+``project.features``): each newly computed chunk is compared with every stored vector of the same
+backbone, a page at a time, so the cost is paid once per image and memory stays bounded. Exact
+duplicates (the same bytes) are known from the content hashes without any features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lplgrad.project import db
+from lplgrad.quality.duplicates import THRESHOLD, near_duplicates
+
+
+def record_near_duplicates(conn: Any, backbone: str, new: list[tuple[str, bytes]], dims: int) -> None:
+    """Store the near-duplicate pairs between the ``new`` (sha256, float16 bytes) vectors and every
+    stored vector of ``backbone`` (the new ones included, so pairs among them are found too)."""
+    if not new:
+        return
+    shas = [sha for sha, _ in new]
+    vectors = _matrix([v for _, v in new], dims)
+    pairs: list[tuple[str, str, float]] = []
+    for page in db.feature_pages(conn, backbone):
+        found = near_duplicates(vectors, _matrix([v for _, v in page], dims), THRESHOLD)
+        pairs += [
+            (shas[i], page[j][0], float(s))
+            for i, j, s in zip(found.first.tolist(), found.second.tolist(), found.similarity.tolist(), strict=True)
+        ]
+    with db.transaction(conn):
+        db.add_near_duplicates(conn, backbone, pairs)
+
+
+def _matrix(blobs: list[bytes], dims: int) -> torch.Tensor:
+    return torch.from_numpy(
+        np.stack([np.frombuffer(b, dtype=np.float16, count=dims) for b in blobs]).astype(np.float32)
+    )
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """What a person should know: copies inside the pool, and test images that (nearly) duplicate a
+    pool image, which inflate the measured accuracy."""
+
+    pool_pairs: list[tuple[db.ImageRow, db.ImageRow, float]]  # similarity 1.0 for the same bytes
+    leaks: list[tuple[db.ImageRow, db.ImageRow, float]]  # (test image, pool image, similarity)
+    backbone: str | None  # None: only exact duplicates are known (no pretrained features)
+
+
+def find_duplicates(conn: Any, backbone: str | None) -> Duplicates:
+    """Exact duplicates by content hash, and near duplicates recorded under ``backbone``."""
+    pairs: list[tuple[db.ImageRow, db.ImageRow, float]] = []
+    for group in db.duplicate_contents(conn):
+        pairs += [(a, b, 1.0) for i, a in enumerate(group) for b in group[i + 1 :]]
+    if backbone is not None:
+        pairs += db.near_duplicate_images(conn, backbone)
+    pool = [(a, b, s) for a, b, s in pairs if a.role == b.role == "pool"]
+    leaks = [(a, b, s) if a.role == "test" else (b, a, s) for a, b, s in pairs if {a.role, b.role} == {"pool", "test"}]
+    return Duplicates(pool, leaks, backbone)
+
+
+def describe(found: Duplicates, shown: int = 5) -> list[str]:
+    """Lines for ``status`` and ``review``: counts, and the first pairs by name."""
+    kind = "exact or near duplicates" if found.backbone else "exact duplicates (near ones need a pretrained backbone)"
+    lines = [
+        f"{kind}: {len(found.pool_pairs)} pairs in the pool, "
+        f"{len(found.leaks)} test images nearly duplicate a pool image"
+    ]
+    for test, pool, similarity in found.leaks[:shown]:
+        lines.append(
+            f"  test image {test.path} ~ pool image {pool.path} (cosine {similarity:.3f}): it inflates accuracy"
+        )
+    for a, b, similarity in found.pool_pairs[:shown]:
+        lines.append(f"  {a.path} ~ {b.path} (cosine {similarity:.3f}): one batch never holds both")
+    return lines

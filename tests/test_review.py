@@ -1,0 +1,129 @@
+"""``lplgrad review``: doubtful answers found by k-fold confident learning, a relabel batch that
+imports back, the old labels kept; duplicates and leaks named; stopping in status."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lplgrad.cli.main import main
+from lplgrad.project import workflow
+from tests.helpers import CLASSES, make_images
+
+
+def labeled_project(
+    tmp_path: Path, count: int, flipped: list[int], settings: dict[str, object]
+) -> tuple[Path, set[str]]:
+    """A project whose every pool image is labeled, ``flipped`` ones (by position) with a wrong class."""
+    truth = make_images(tmp_path / "pool", count)
+    wrong = set()
+    rows = []
+    for i, (path, label) in enumerate(truth.items()):
+        if i in flipped:
+            label = CLASSES[(CLASSES.index(label) + 1) % 3]
+            wrong.add(path)
+        rows.append(f"{path},{label}\n")
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(rows))
+    project = tmp_path / "project"
+    workflow.init(project, tmp_path / "pool", CLASSES, labels_csv=tmp_path / "labels.csv", settings=settings)
+    return project, wrong
+
+
+def read_batch(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open(newline="")))
+
+
+@pytest.mark.pretrained_default
+def test_review_flags_the_flipped_answers_and_the_relabel_batch_imports_back(tmp_path: Path, capsys) -> None:
+    flipped = [4, 17, 30, 41]
+    project, wrong = labeled_project(tmp_path, 48, flipped, {"device": "cpu"})
+    assert main(["-q", "review", str(project), "--k", "6", "--folds", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "review 1: " in out and "--relabel" in out
+    batch = project / "batches" / "review-1" / "batch.csv"
+    rows = read_batch(batch)
+    listed = {row["path"] for row in rows}
+    assert wrong <= listed, "every flipped answer is among the most doubtful"
+    assert all(row["label"] != row["suggested_label"] for row in rows)
+    # The person corrects the batch: the suggestion where the answer was wrong, the label kept elsewhere.
+    for row in rows:
+        if row["path"] in wrong:
+            row["label"] = row["suggested_label"]
+    with batch.with_name("corrected.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["-q", "import", str(project), str(batch.with_name("corrected.csv"))]) == 2  # needs --relabel
+    assert main(["-q", "import", str(project), str(batch.with_name("corrected.csv")), "--relabel"]) == 0
+    assert f"{len(wrong)} relabeled" in capsys.readouterr().out
+    with sqlite3.connect(project / "project.db") as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM relabeled WHERE old_source = 'csv'").fetchone()[0]
+    assert kept == len(wrong), "the old labels are kept"
+
+
+def test_review_with_a_network_from_scratch_and_its_errors(tmp_path: Path, capsys) -> None:
+    settings = {"train.epochs": 40, "model.width": 8, "train.min_steps": 0, "device": "cpu"}
+    project, wrong = labeled_project(tmp_path, 45, [2, 13], settings)
+    assert main(["-q", "review", str(project), "--k", "5", "--folds", "3"]) == 0
+    listed = {row["path"] for row in read_batch(project / "batches" / "review-1" / "batch.csv")}
+    assert wrong <= listed
+    assert "exact duplicates (near ones need a pretrained backbone): 0 pairs" in capsys.readouterr().out
+    assert main(["-q", "review", str(project), "--folds", "1"]) == 2
+    assert "--folds must be >= 2" in capsys.readouterr().err
+    assert main(["-q", "review", str(project), "--folds", "30"]) == 2
+    assert "at least 60 labeled images" in capsys.readouterr().err
+
+
+def smooth_images(root: Path, count: int, seed: int, folders: bool = False) -> dict[str, str]:
+    """48-px smooth colour fields (a 3x3 random image, upsampled): to a pretrained backbone they are
+    different pictures (cosine of their features below 0.98), unlike the noise of ``make_images``."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(count):
+        label = CLASSES[i % 3]
+        small = rng.integers(0, 256, (3, 3, 3)).astype(np.uint8)
+        relative = f"{label}/{i:03d}.png" if folders else f"{i:03d}.png"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(small).resize((48, 48), Image.BICUBIC).save(root / relative)
+        truth[relative] = label
+    return truth
+
+
+@pytest.mark.pretrained_default
+def test_copies_are_named_never_in_one_batch_and_a_test_copy_is_a_leak(tmp_path: Path, capsys) -> None:
+    truth = smooth_images(tmp_path / "pool", 24, seed=0)
+    smooth_images(tmp_path / "test", 6, seed=1, folders=True)
+    first = sorted(truth)[0]
+    shutil.copy(tmp_path / "pool" / first, tmp_path / "pool" / "copy-of-first.png")  # the same bytes
+    image = Image.open(tmp_path / "pool" / first)
+    image.resize((40, 40)).resize((48, 48)).save(tmp_path / "pool" / "resized-first.png")  # a near copy
+    test_copy = sorted((tmp_path / "test").rglob("*.png"))[0]
+    shutil.copy(test_copy, tmp_path / "pool" / "leaked.png")  # a test image in the pool
+    project = tmp_path / "project"
+    labels = {p: c for p, c in list(truth.items())[:6] if p != first}
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in labels.items()))
+    workflow.init(
+        project,
+        tmp_path / "pool",
+        CLASSES,
+        labels_csv=tmp_path / "labels.csv",
+        test=tmp_path / "test",
+        settings={"device": "cpu"},
+    )
+    capsys.readouterr()
+    unlabeled = str(27 - len(labels))
+    assert main(["-q", "query", str(project), "--k", unlabeled, "--subset", unlabeled]) == 0  # all of them
+    batch = {row["path"] for row in read_batch(project / "batches" / "round-1" / "batch.csv")}
+    copies = {first, "copy-of-first.png", "resized-first.png"}
+    assert len(batch & copies) == 1, "one batch holds one of a photo's copies"
+    assert main(["-q", "status", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert "exact or near duplicates: 3 pairs in the pool" in out  # the three copies of the first image
+    assert "~ pool image leaked.png (cosine 1.000): it inflates accuracy" in out
+    assert "copy-of-first.png" in out and "resized-first.png" in out
