@@ -181,3 +181,40 @@ def test_in_head_mode_the_page_learns_while_a_person_labels(server, browser) -> 
         wait_for(browser, lambda d, n=number: "Round 2" in progress(d) or f"Round 1: {n + 1} of 12" in progress(d))
     wait_for(browser, lambda d: "Round 2: 0 of 6 new images labeled" in progress(d), timeout=120)
     assert "round 2 ready" in browser.find_element("id", "training").text
+
+
+@pytest.mark.parametrize("server", ["head"], indirect=True)
+def test_review_mode_changes_only_a_doubtful_answer_and_shows_when_to_stop(server, browser, tmp_path: Path) -> None:
+    """``lplgrad review`` flags the flipped answers; the page's review mode shows them with the
+    model's suggestion, a click on the suggestion relabels (the old label kept), and the dashboard
+    says which stopping criteria are met."""
+    from lplgrad.project.review import review
+
+    project, url = server
+    truth = dict(sorted(make_images(tmp_path / "unused", 40).items()))  # the pool's true classes, by path
+    flipped = {path for path in list(truth)[:30:10]}
+    lines = [f"{p},{CLASSES[(CLASSES.index(c) + 1) % 3] if p in flipped else c}\n" for p, c in list(truth.items())[:30]]
+    (tmp_path / "answers.csv").write_text("path,label\n" + "".join(lines))
+    workflow.import_labels(project, [tmp_path / "answers.csv"])
+    query(project, "margin", k=3)  # a trained round: the dashboard's stopping criteria
+    assert review(project, k=5, folds=3).listed >= len(flipped)
+    browser.get(url)
+    wait_for(browser, lambda d: "doubtful labels" in d.find_element("id", "review-toggle").text)
+    assert browser.find_element("id", "stop-summary").text.endswith(("keep labeling", "you may stop"))
+    assert "stable predictions" in browser.find_element("id", "criteria").text
+    browser.find_element("id", "review-toggle").click()
+    wait_for(browser, lambda d: d.find_element("id", "suggestion").text.startswith("labeled "))
+    caption = browser.find_element("id", "suggestion").text
+    left = int(caption.rsplit(", ", 1)[1].split()[0])
+    screenshots = Path(os.environ.get("LPLGRAD_SCREENSHOTS", tmp_path))
+    screenshots.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(screenshots / "review-1280x800.png"))
+    browser.find_element("css selector", "button.class.suggested").click()
+    wait_for(browser, lambda d: f", {left - 1} left" in d.find_element("id", "suggestion").text or left == 1)
+    browser.set_window_size(390, 844)
+    browser.save_screenshot(str(screenshots / "review-390x844.png"))
+    conn = db.connect(project)
+    assert conn.execute("SELECT COUNT(*) FROM review WHERE decision = 'relabeled'").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM relabeled").fetchone()[0] == 1
+    conn.close()
+    assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

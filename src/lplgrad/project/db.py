@@ -129,6 +129,7 @@ MIGRATIONS = [
         given_class_id INTEGER NOT NULL REFERENCES classes(id),
         suggested_class_id INTEGER NOT NULL REFERENCES classes(id),
         self_confidence REAL NOT NULL,  -- the out-of-sample probability of the given label
+        decision TEXT CHECK (decision IN ('kept', 'relabeled')),  -- NULL until the page or an import decides
         PRIMARY KEY (batch, image_id)
     );
     -- Relabeled answers (lplgrad review): what the label was before, so nothing is lost.
@@ -574,6 +575,11 @@ class ReviewItem:
     given: str
     suggested: str
     self_confidence: float
+    decision: str | None  # None: not decided yet
+
+
+def decide_review(conn: sqlite3.Connection, batch: int, image: int, decision: str) -> None:
+    conn.execute("UPDATE review SET decision = ? WHERE batch = ? AND image_id = ?", (decision, batch, image))
 
 
 def review_items(conn: sqlite3.Connection, batch: int) -> list[ReviewItem]:
@@ -590,9 +596,20 @@ def review_items(conn: sqlite3.Connection, batch: int) -> list[ReviewItem]:
             names[r["given_class_id"]],
             names[r["suggested_class_id"]],
             r["self_confidence"],
+            r["decision"],
         )
         for r in conn.execute("SELECT * FROM review WHERE batch = ? ORDER BY rank", (batch,))
     ]
+
+
+def decide_latest_review(conn: sqlite3.Connection, kept: list[int], relabeled: list[int]) -> None:
+    """Mark the undecided answers of the latest review batch that an import confirmed or changed."""
+    batch = last_review(conn)
+    for decision, ids in (("kept", kept), ("relabeled", relabeled)):
+        conn.executemany(
+            "UPDATE review SET decision = ? WHERE batch = ? AND image_id = ? AND decision IS NULL",
+            [(decision, batch, image) for image in ids],
+        )
 
 
 def log_relabels(conn: sqlite3.Connection, changes: list[tuple[int, str]]) -> None:

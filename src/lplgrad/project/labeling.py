@@ -136,6 +136,8 @@ def dashboard(project: Path) -> dict[str, Any]:
                     "labeled": r["labeled"],
                     "accuracy": r["accuracy"],
                     "accuracy_on": r["accuracy_on"],
+                    "accuracy_low": r.get("accuracy_low"),
+                    "accuracy_high": r.get("accuracy_high"),
                     "per_class_accuracy": per_class_accuracy(r, names),
                     "found": {n: c for n in names if (c := found.get(int(r["round"]), Counter())[n])},
                 }

@@ -222,11 +222,13 @@ def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, 
     latest_round = db.last_round_of(conn)
     writes: list[tuple[object, ...]] = []
     relabels: list[tuple[int, str]] = []
+    confirmed: list[int] = []  # answered with the label they have: a review batch's "kept"
     for image, given in answers.items():
         chosen = _resolve_answers(given, on_conflict)
         current = by_id[image].label
         if current == chosen.label:
             counts.unchanged += 1
+            confirmed.append(image)
             continue
         if current is not None and not relabel:
             raise UserError(
@@ -240,6 +242,7 @@ def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, 
             relabels.append((image, str(chosen.label)))
         writes.append((image, chosen.label, chosen.source, latest_round.get(image), chosen.time, chosen.annotator))
     db.log_relabels(conn, relabels)  # the old labels are kept, never lost
+    db.decide_latest_review(conn, confirmed, [image for image, _ in relabels])
     db.set_labels(conn, writes)  # type: ignore[arg-type]
     return counts
 

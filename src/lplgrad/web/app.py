@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from lplgrad.errors import UserError, one_line
-from lplgrad.project import db, labeling, workflow
+from lplgrad.project import db, labeling, relabel, workflow
 from lplgrad.project.images import ImageRefused
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
 from lplgrad.web.trainer import Trainer
@@ -92,6 +92,7 @@ def create_app(
             "batch": labeling.current_batch(project),
             "status": workflow.status(project),
             "dashboard": labeling.dashboard(project),
+            "review": relabel.review_batch(project),
             "training": trainer.state(),
             "can_undo": bool(undo_stack),
         }
@@ -161,6 +162,15 @@ def create_app(
 
         return await _answer(write)
 
+    async def review(request: Request) -> Response:
+        body = await _json_body(request, token)
+        if isinstance(body, Response):
+            return body
+        image_id, name, expected = _image_id(body), body.get("label"), body.get("expected")
+        if image_id is None or not isinstance(name, str) or not isinstance(expected, str):
+            return JSONResponse({"error": 'expected {"image": id, "label": class, "expected": class}'}, status_code=400)
+        return await _answer(lambda: {"decision": relabel.review_answer(project, image_id, name, expected)})
+
     async def train(request: Request) -> Response:
         body = await _json_body(request, token)
         if isinstance(body, Response):
@@ -177,6 +187,7 @@ def create_app(
         Route("/api/label", label, methods=["POST"]),
         Route("/api/skip", skip, methods=["POST"]),
         Route("/api/undo", undo, methods=["POST"]),
+        Route("/api/review", review, methods=["POST"]),
         Route("/api/train", train, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

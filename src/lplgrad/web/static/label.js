@@ -7,6 +7,7 @@ let state = null;
 let currentId = null;
 let poll = null;
 let busy = false; // a label or undo request in flight: further keys wait, so one press is one answer
+let reviewing = false; // review mode: the latest `lplgrad review` batch, keep or change each answer
 
 async function post(path, body) {
   const response = await fetch(path, {
@@ -49,6 +50,9 @@ function render() {
   const s = state.status;
   document.getElementById("progress").textContent =
     `${batchLine()} · ${s.labeled} of ${s.images} images labeled in all`;
+  if (reviewing && !state.review.length) reviewing = false;
+  renderReviewBanner();
+  if (reviewing) { renderReview(); renderDashboard(); return; }
   const open = todo();
   const current = open[0] || null;
   currentId = current ? current.id : null;
@@ -90,18 +94,60 @@ function renderClasses(current) {
   box.replaceChildren(...state.status.classes.map((name, index) => {
     const button = document.createElement("button");
     button.type = "button";
-    button.className = "class" + (current && current.suggested === name ? " suggested" : "");
+    const given = reviewing && current && current.label === name;
+    button.className = "class" + (current && current.suggested === name ? " suggested" : "") + (given ? " given" : "");
     button.disabled = !current;
     button.dataset.label = name;
     const key = document.createElement("kbd");
     key.textContent = SHORTCUTS[index] || "";
-    button.append(key, ` ${name}`);
+    button.append(key, given ? ` keep ${name}` : ` ${name}`);
     button.addEventListener("click", () => answer(name));
     return button;
   }));
 }
 
+function renderReviewBanner() {
+  const banner = document.getElementById("review-banner");
+  const count = state.review.length;
+  banner.hidden = !count && !reviewing;
+  document.getElementById("review-toggle").textContent = reviewing
+    ? "Back to labeling"
+    : `Review ${count} doubtful label${count === 1 ? "" : "s"} (lplgrad review)`;
+}
+
+// One answer of the review batch: its label now, the model's out-of-sample suggestion, the doubt.
+function renderReview() {
+  const current = state.review[0];
+  currentId = current.id;
+  const img = document.getElementById("current-image");
+  img.hidden = false;
+  img.src = `/image/${current.id}`;
+  img.alt = `image ${current.id} (${current.path})`;
+  document.getElementById("suggestion").textContent =
+    `labeled ${current.label} · the model suggests ${current.suggested} · doubt ${Math.round(100 * current.doubt)}%` +
+    ` · review ${current.batch}, ${state.review.length} left`;
+  renderClasses(current);
+  document.getElementById("undo").disabled = true;
+  document.getElementById("skip").disabled = true;
+  document.getElementById("next").replaceChildren();
+}
+
+function renderStopping() {
+  const stopping = state.status.stopping;
+  document.getElementById("stop-summary").textContent = stopping.summary;
+  document.getElementById("criteria").replaceChildren(...stopping.criteria.map((c) => {
+    const item = document.createElement("li");
+    item.className = c.met ? "met" : "";
+    item.textContent = `${c.met ? "✓" : "·"} ${c.name}${c.met ? ` (since round ${c.since})` : ""}: ${c.detail}`;
+    return item;
+  }));
+  document.getElementById("calibration").textContent = stopping.ece === null ? "" :
+    `Calibration: expected calibration error ${(100 * stopping.ece).toFixed(1)}%; ` +
+    `the suggestions' confidences are temperature-scaled (T = ${stopping.temperature.toFixed(2)}).`;
+}
+
 function renderDashboard() {
+  renderStopping();
   const perClass = state.dashboard.per_class;
   const most = Math.max(1, ...Object.values(perClass));
   const measured = state.dashboard.rounds.filter((r) => r.accuracy !== null);
@@ -150,9 +196,14 @@ function drawAccuracy(rounds) {
   if (rounds.length) {
     parts.push(el("polyline", { class: "line", points: rounds.map((r, i) => `${x(i)},${y(r.accuracy)}`).join(" ") }));
     rounds.forEach((r, i) => {
+      if (r.accuracy_low !== null && r.accuracy_low !== undefined) {  // the 95% Wilson interval
+        parts.push(el("line", { x1: x(i), y1: y(r.accuracy_low), x2: x(i), y2: y(r.accuracy_high), class: "interval" }));
+      }
       const point = el("circle", { cx: x(i), cy: y(r.accuracy), r: 3.5, class: "point" });
       const title = el("title", {});
-      title.textContent = `round ${r.round}: ${(100 * r.accuracy).toFixed(1)}% (${r.accuracy_on})`;
+      const interval = r.accuracy_low === null || r.accuracy_low === undefined ? "" :
+        ` [${(100 * r.accuracy_low).toFixed(1)}, ${(100 * r.accuracy_high).toFixed(1)}]`;
+      title.textContent = `round ${r.round}: ${(100 * r.accuracy).toFixed(1)}%${interval} (${r.accuracy_on})`;
       point.append(title);
       const label = el("text", { x: x(i) - 6, y: top + height + 12 });
       label.textContent = `r${r.round}`;
@@ -164,6 +215,7 @@ function drawAccuracy(rounds) {
 
 async function answer(name) {
   if (currentId === null || busy) return;
+  if (reviewing) { await reviewAnswer(name); return; }
   busy = true;
   try {
     await post("/api/label", { image: currentId, label: name });
@@ -174,6 +226,17 @@ async function answer(name) {
   busy = false;
   // The batch is done: learn from it and pick the next one without being asked.
   if (state.batch.length && todo().length === 0 && !state.training.running) await train();
+}
+
+async function reviewAnswer(name) {
+  busy = true;
+  try {
+    await post("/api/review", { image: currentId, label: name, expected: state.review[0].label });
+  } catch (error) {
+    showError(error);
+  }
+  await refresh();
+  busy = false;
 }
 
 async function undo() {
@@ -218,8 +281,8 @@ function showError(error) {
 document.addEventListener("keydown", (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey || !state) return;
   const key = event.key.toLowerCase();
-  if (key === "s") { skip(); return; }
-  if (key === "u") { undo(); return; }
+  if (key === "s" && !reviewing) { skip(); return; }
+  if (key === "u" && !reviewing) { undo(); return; }
   const index = SHORTCUTS.indexOf(key);
   if (index >= 0 && index < state.status.classes.length) answer(state.status.classes[index]);
 });
@@ -230,4 +293,5 @@ document.getElementById("current-image").addEventListener("error", () => {
 });
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("train").addEventListener("click", train);
+document.getElementById("review-toggle").addEventListener("click", () => { reviewing = !reviewing; render(); });
 refresh();
