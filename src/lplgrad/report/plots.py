@@ -130,13 +130,23 @@ def confidence_histograms(values: dict[str, tuple[np.ndarray, np.ndarray]], path
     plt.close(fig)
 
 
-def reliability_diagram(bins: dict[str, tuple[list[float | None], list[float | None]]], path: Path, title: str) -> None:
+MIN_BIN = 10  # images: a bin with fewer is left out of the reliability diagram (its accuracy is noise)
+
+
+def reliability_diagram(
+    bins: dict[str, tuple[list[float | None], list[float | None], list[int]]], path: Path, title: str
+) -> None:
     """Accuracy vs mean confidence per confidence bin, one line per method, and the diagonal of a
-    perfectly calibrated model (Guo et al. 2017, Fig. 1). ``bins[method] = (confidence, accuracy)``."""
+    perfectly calibrated model (Guo et al. 2017, Fig. 1). ``bins[method] = (confidence, accuracy,
+    images)``; bins of fewer than ``MIN_BIN`` images are left out."""
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
-    for method, (confidence, accuracy) in bins.items():
-        points = [(c, a) for c, a in zip(confidence, accuracy, strict=True) if c is not None and a is not None]
+    for method, (confidence, accuracy, counts) in bins.items():
+        points = [
+            (c, a)
+            for c, a, n in zip(confidence, accuracy, counts, strict=True)
+            if c is not None and a is not None and n >= MIN_BIN
+        ]
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", markersize=4, label=method, color=method_color(method))

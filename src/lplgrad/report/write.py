@@ -262,11 +262,15 @@ def figures(run: Run, out_dir: Path, title: str) -> list[str]:
 def reliability_figure(run: Run, out_dir: Path, title: str) -> list[str]:
     """The final round's reliability diagram per method, bins pooled over trials."""
     pooled = {m: stopping.pooled_reliability(run.rows, m) for m in methods_in(run.rows)}
-    bins = {m: (r.confidence, r.accuracy) for m, r in pooled.items() if r is not None}
+    bins = {m: (r.confidence, r.accuracy, r.counts) for m, r in pooled.items() if r is not None}
     if not bins:
         return []
     last = max(r["labeled"] for r in run.rows)
-    plots.reliability_diagram(bins, out_dir / "reliability.png", f"{title}: reliability at {last} labeled (test set)")
+    plots.reliability_diagram(
+        bins,
+        out_dir / "reliability.png",
+        f"{title}: reliability at {last} labeled\n(test set, bins of >= {plots.MIN_BIN} images)",
+    )
     return ["", "![reliability diagram](reliability.png)"]
 
 
