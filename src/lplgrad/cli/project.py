@@ -188,7 +188,7 @@ def print_review(result: ReviewResult) -> None:
             "  its label column holds the current label and suggested_label the model's: correct the wrong ones, "
             f"then `lplgrad import DIR {result.folder / 'batch.csv'} --relabel` (old labels are kept)"
         )
-    for line in describe(result.duplicates):
+    for line in describe(result.duplicates, result.pool_images):
         print(line)
     print(f"  all pairs: {result.folder / 'duplicates.csv'}")
 

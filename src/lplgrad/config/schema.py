@@ -78,6 +78,7 @@ class ActiveConfig:
     embeddings: str | None = None  # .npy [N, D] of the training pool, rows in its order, for typiclust/probcover
     embeddings_index: str | None = None  # CSV path,row: which .npy row holds each image of an image folder
     score_batch_size: int = 256  # images per forward pass of forward-only scores; gradient norms chunk by memory
+    duplicate_threshold: float = 0.97  # projects: cosine of pretrained features from which images are near duplicates
 
 
 @dataclass
@@ -277,6 +278,11 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"train.schedule must be multistep or cosine, got {config.train.schedule!r}")
     _check_backbone(config)
     _check_stop(config.stop)
+    if not 0.95 <= config.active.duplicate_threshold <= 1:
+        raise UserError(
+            "active.duplicate_threshold must be in [0.95, 1] (pairs are stored from 0.95), "
+            f"got {config.active.duplicate_threshold}"
+        )
     if not 0 <= config.train.label_smoothing < 1:
         raise UserError(f"train.label_smoothing must be in [0, 1), got {config.train.label_smoothing}")
     active = config.active

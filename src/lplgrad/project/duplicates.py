@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lplgrad.project import db
-from lplgrad.quality.duplicates import THRESHOLD, near_duplicates
+from lplgrad.quality.duplicates import FLOOR, near_duplicates, top_neighbours
 
 
 def record_near_duplicates(conn: Any, backbone: str, new: list[tuple[str, bytes]], dims: int) -> None:
@@ -27,10 +27,11 @@ def record_near_duplicates(conn: Any, backbone: str, new: list[tuple[str, bytes]
     vectors = _matrix([v for _, v in new], dims)
     pairs: list[tuple[str, str, float]] = []
     for page in db.feature_pages(conn, backbone):
-        found = near_duplicates(vectors, _matrix([v for _, v in page], dims), THRESHOLD)
+        found = top_neighbours(near_duplicates(vectors, _matrix([v for _, v in page], dims), FLOOR))
         pairs += [
             (shas[i], page[j][0], float(s))
             for i, j, s in zip(found.first.tolist(), found.second.tolist(), found.similarity.tolist(), strict=True)
+            if shas[i] != page[j][0]
         ]
     with db.transaction(conn):
         db.add_near_duplicates(conn, backbone, pairs)
@@ -52,20 +53,21 @@ class Duplicates:
     backbone: str | None  # None: only exact duplicates are known (no pretrained features)
 
 
-def find_duplicates(conn: Any, backbone: str | None) -> Duplicates:
-    """Exact duplicates by content hash, and near duplicates recorded under ``backbone``."""
+def find_duplicates(conn: Any, backbone: str | None, threshold: float) -> Duplicates:
+    """Exact duplicates by content hash, and near duplicates (cosine >= ``threshold``) recorded under ``backbone``."""
     pairs: list[tuple[db.ImageRow, db.ImageRow, float]] = []
     for group in db.duplicate_contents(conn):
         pairs += [(a, b, 1.0) for i, a in enumerate(group) for b in group[i + 1 :]]
     if backbone is not None:
-        pairs += db.near_duplicate_images(conn, backbone)
+        pairs += [(a, b, s) for a, b, s in db.near_duplicate_images(conn, backbone) if s >= threshold]
     pool = [(a, b, s) for a, b, s in pairs if a.role == b.role == "pool"]
     leaks = [(a, b, s) if a.role == "test" else (b, a, s) for a, b, s in pairs if {a.role, b.role} == {"pool", "test"}]
     return Duplicates(pool, leaks, backbone)
 
 
-def describe(found: Duplicates, shown: int = 5) -> list[str]:
-    """Lines for ``status`` and ``review``: counts, and the first pairs by name."""
+def describe(found: Duplicates, images: int, shown: int = 5) -> list[str]:
+    """Lines for ``status`` and ``review``: counts, the first pairs by name, and a warning when so many
+    images have a near duplicate that the backbone must be seeing different images as alike."""
     kind = "exact or near duplicates" if found.backbone else "exact duplicates (near ones need a pretrained backbone)"
     lines = [
         f"{kind}: {len(found.pool_pairs)} pairs in the pool, "
@@ -77,4 +79,13 @@ def describe(found: Duplicates, shown: int = 5) -> list[str]:
         )
     for a, b, similarity in found.pool_pairs[:shown]:
         lines.append(f"  {a.path} ~ {b.path} (cosine {similarity:.3f}): one batch never holds both")
+    paired = {row.id for a, b, _ in found.pool_pairs for row in (a, b)}
+    if images and len(paired) > MANY * images:
+        lines.append(
+            f"  {len(paired)} of {images} pool images have a near duplicate: the backbone sees many different images "
+            "as alike here; raise active.duplicate_threshold (1.0: exact copies only)"
+        )
     return lines
+
+
+MANY = 0.1  # of the pool with a near duplicate: more is a sign the threshold does not suit these images

@@ -170,7 +170,10 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
         [row.id for row in stop_rows],
         checked[n_labeled + n_candidates : n_train],
         db.stop_predictions(conn, round_index - 1),
-        copies_among(find_duplicates(conn, backbone).pool_pairs, {row.id for row in candidates}),
+        copies_among(
+            find_duplicates(conn, backbone, config.active.duplicate_threshold).pool_pairs,
+            {row.id for row in candidates},
+        ),
     )
 
 

@@ -56,6 +56,7 @@ class ReviewResult:
     flagged: int  # answers the model confidently contradicts
     listed: int  # of them, in the batch (the K most doubtful)
     duplicates: Duplicates
+    pool_images: int
 
 
 def review_folder(project: Path, batch: int) -> Path:
@@ -114,7 +115,7 @@ def review(
             )
             for rank, i in enumerate(listed, 1)
         ]
-        found = find_duplicates(conn, backbone)
+        found = find_duplicates(conn, backbone, config.active.duplicate_threshold)
         batch = db.last_review(conn) + 1
         folder = review_folder(project, batch)
         write_atomic(folder / "batch.csv", batch_csv(items))
@@ -133,7 +134,8 @@ def review(
         ]
         with db.transaction(conn):
             db.add_review(conn, batch, recorded)
-        return ReviewResult(batch, folder, len(labeled), int(issues.flagged.sum()), len(items), found)
+        pool_images = db.counts(conn)["images"]
+        return ReviewResult(batch, folder, len(labeled), int(issues.flagged.sum()), len(items), found, pool_images)
 
 
 def duplicates_csv(found: Duplicates) -> str:

@@ -317,7 +317,9 @@ def status(project: Path, check: bool = False) -> dict[str, Any]:
                 for r in rounds
             ],
             "stopping": stopping_state(rounds, config),
-            "duplicates": describe(find_duplicates(conn, _backbone(conn, config))),
+            "duplicates": describe(
+                find_duplicates(conn, _backbone(conn, config), config.active.duplicate_threshold), counted["images"]
+            ),
             # the newest round that measured one: where the weak classes are
             "per_class_accuracy": next(
                 (per_class_accuracy(r, names) for r in reversed(rounds) if r.get("per_class_accuracy")), {}
