@@ -166,7 +166,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "status":
         print_status(workflow.status(args.project, check=not args.no_check), args.json)
     elif args.command == "review":
-        print_review(review(args.project, args.k, args.folds, args.url_prefix))
+        print_review(args.project, review(args.project, args.k, args.folds, args.url_prefix))
     elif args.command == "export":
         if args.format == "csv":
             print(f"{workflow.export_csv(args.project, args.out)} labels written to {args.out}")
@@ -178,15 +178,18 @@ def _run(args: argparse.Namespace) -> None:
         print(f"{predict_files(args.project, args.images, args.out)} predictions written to {args.out}")
 
 
-def print_review(result: ReviewResult) -> None:
+def print_review(project: Path, result: ReviewResult) -> None:
     print(
-        f"review {result.batch}: {result.flagged} of {result.reviewed} answers are confidently contradicted by "
-        f"out-of-sample predictions; the {result.listed} most doubtful are in {result.folder / 'batch.csv'}"
+        f"review {result.batch}: out-of-sample predictions agree with {100 * result.agreement:.0f}% of the "
+        f"{result.reviewed} answers; {result.flagged} are flagged (confident learning), the {result.listed} most "
+        f"doubtful in {result.folder / 'batch.csv'}"
     )
+    if result.agreement < 0.9:
+        print("  the model is often wrong itself, so many flags are its errors: start at the top of the batch")
     if result.listed:
         print(
             "  its label column holds the current label and suggested_label the model's: correct the wrong ones, "
-            f"then `lplgrad import DIR {result.folder / 'batch.csv'} --relabel` (old labels are kept)"
+            f"then `lplgrad import {project} {result.folder / 'batch.csv'} --relabel` (old labels are kept)"
         )
     for line in describe(result.duplicates, result.pool_images):
         print(line)

@@ -54,6 +54,7 @@ class ReviewResult:
     folder: Path
     reviewed: int  # labeled pool images given out-of-sample probabilities
     flagged: int  # answers the model confidently contradicts
+    agreement: float  # fraction of answers the out-of-sample prediction's top class agrees with
     listed: int  # of them, in the batch (the K most doubtful)
     duplicates: Duplicates
     pool_images: int
@@ -135,7 +136,10 @@ def review(
         with db.transaction(conn):
             db.add_review(conn, batch, recorded)
         pool_images = db.counts(conn)["images"]
-        return ReviewResult(batch, folder, len(labeled), int(issues.flagged.sum()), len(items), found, pool_images)
+        agreement = float((probabilities.argmax(dim=1) == given).float().mean())
+        return ReviewResult(
+            batch, folder, len(labeled), int(issues.flagged.sum()), agreement, len(items), found, pool_images
+        )
 
 
 def duplicates_csv(found: Duplicates) -> str:
