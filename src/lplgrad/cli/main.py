@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lplgrad.cli import project as project_commands
+from lplgrad.cli import serve as serve_commands
 from lplgrad.config import compat
 from lplgrad.config import files as config_files
 from lplgrad.config import schema as cfg
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="results folders of one run")
     report.add_argument("--out", type=folder, help="where report.md and figures go (default: the first DIR)")
     project_commands.add_parsers(sub)
+    serve_commands.add_parsers(sub)
     sub.add_parser("strategies", help="list the registered query strategies")
     sub.add_parser("presets", help="list the shipped experiment presets (the paper's Table II and more)")
     sub.add_parser("datasets", help="list the dataset names")
@@ -250,6 +252,8 @@ def _main(args: argparse.Namespace) -> int:
     try:
         if args.command in project_commands.COMMANDS:
             project_commands.run(args)
+        elif args.command in serve_commands.COMMANDS:
+            serve_commands.run(args)
         elif args.command == "strategies":
             print("\n".join(list_strategies()))
         elif args.command == "report":

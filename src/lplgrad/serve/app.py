@@ -1,0 +1,150 @@
+"""``lplgrad serve``: a Label Studio ML backend for one labeling project (Starlette).
+
+Routes: ``GET /health``, ``POST /setup`` (checks the label config against the project's classes),
+``POST /predict`` (the newest model's class and lplgrad's priority as the score), ``POST /webhook``
+(annotations created, updated, deleted; START_TRAINING) and ``POST /train`` (older Label Studio).
+It speaks no SQL: labels go through ``project.answers``, predictions through ``serve.predictions``,
+rounds through ``serve.learner``. Security as the labeling page's (``web.app``): allowed Host names
+only, JSON bodies of bounded size, work in the thread pool, one-line JSON errors (400, 409 for a
+label another source wrote, 503 for a database problem); optional HTTP Basic auth (``serve.auth``).
+Nothing a request names is read from disk: tasks are matched to registered images only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from lplgrad.project import db
+from lplgrad.project.settings import DEFAULT_BATCH
+from lplgrad.project.suggest import Model, snapshot
+from lplgrad.serve.auth import BasicAuth
+from lplgrad.serve.learner import Learner
+from lplgrad.serve.predictions import predict_tasks
+from lplgrad.serve.protocol import parse_label_config, parse_setup, tasks_of
+from lplgrad.serve.record import Recorder
+from lplgrad.serve.webhook import Connections, Webhooks
+from lplgrad.web.app import LOCAL_HOSTS, SecurityHeaders, _answer
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024 * 1024  # bytes: "Retrieve predictions" sends every task in one body (~700 B each)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    strategy: str | None = None  # of the rounds it trains (default: the project's)
+    k: int = DEFAULT_BATCH
+    train_every: int = 5  # new labels between rounds; 0: only when Label Studio asks
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))
+    basic_auth: tuple[str, str] | None = None
+    label_studio_url: str | None = None  # take precedence over what /setup says
+    api_key: str | None = None
+    record: Path | None = None
+    refresh: bool = True  # after each round, have Label Studio retrieve and select the new predictions
+
+
+def create_app(project: Path, options: ServeOptions | None = None) -> Starlette:
+    options = options or ServeOptions()
+    db.connect(project, readonly=True).close()  # fails now, with the CLI's one-line error, if DIR is no project
+    model = Model(project)
+    learner = Learner(project, options.strategy, options.k, options.train_every)
+    connections = Connections(options.label_studio_url, options.api_key)
+    hooks = Webhooks(project, learner, connections)
+    if options.refresh:
+        learner.on_round = hooks.refresh
+    recorder = None if options.record is None else Recorder(options.record)
+
+    def classes() -> list[str]:
+        return snapshot(project).classes
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "UP", "model_class": "lplgrad", "training": learner.state()})
+
+    def setup(body: dict[str, Any]) -> dict[str, Any]:
+        given = parse_setup(body)
+        connections.remember(given, parse_label_config(given.label_config, classes()))
+        return {"model_version": snapshot(project).version}
+
+    def predict(body: dict[str, Any]) -> dict[str, Any]:
+        tasks = tasks_of(body)
+        done = predict_tasks(project, model, parse_label_config(body.get("label_config"), classes()), tasks)
+        for reason in done.unknown:
+            log.warning("predict: no prediction for %s", reason)
+        if done.without_model:
+            log.info("predict: no trained model yet: %d task(s) get a batch score only, or nothing", done.without_model)
+        predicted = sum(1 for r in done.results if r)
+        log.info("predict: %d task(s), %d with a prediction (%s)", len(tasks), predicted, done.version)
+        return {"results": done.results, "model_version": done.version}
+
+    def route(name: str, work: Callable[[dict[str, Any]], dict[str, Any]]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return await _serve(request, name, recorder, work)
+
+        return Route(f"/{name}", endpoint, methods=["POST"])
+
+    routes = [
+        Route("/", health),
+        Route("/health", health),
+        route("setup", setup),
+        route("predict", predict),
+        route("webhook", hooks.handle),
+        route("train", hooks.train_request),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts), Middleware(SecurityHeaders)]
+    if options.basic_auth is not None:
+        middleware.append(Middleware(BasicAuth, user=options.basic_auth[0], password=options.basic_auth[1]))
+    return Starlette(routes=routes, middleware=middleware)
+
+
+async def _serve(
+    request: Request, route: str, recorder: Recorder | None, work: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Response:
+    """Read the request's JSON object (bounded, validated), record it if asked, run ``work`` on it in
+    the thread pool; an error is a one-line JSON answer, and a line in the log (Label Studio shows
+    only the status code)."""
+    body = await read_json(request)
+    if isinstance(body, Response):
+        log.warning("%s: refused a request: %s", route, bytes(body.body).decode(errors="replace"))
+        return body
+
+    def run() -> dict[str, Any]:
+        if recorder is not None:
+            recorder.write(route, body)
+        return work(body)
+
+    response = await _answer(run)
+    if response.status_code >= 400:
+        log.warning("%s: %s", route, bytes(response.body).decode(errors="replace"))
+    return response
+
+
+async def read_json(request: Request, limit: int | None = None) -> dict[str, Any] | Response:
+    """The request's JSON object (at most ``limit`` bytes, default MAX_BODY), or the 4xx response
+    that says why there is none."""
+    limit = MAX_BODY if limit is None else limit
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return JSONResponse({"error": "expected application/json"}, status_code=415)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            return JSONResponse({"error": f"the body is over {limit} bytes"}, status_code=413)
+    try:
+        body = json.loads(bytes(raw) or b"{}")
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+    if not isinstance(body, dict):
+        return JSONResponse({"error": "expected a JSON object"}, status_code=400)
+    return body
