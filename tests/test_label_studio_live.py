@@ -63,7 +63,7 @@ def label_studio(tmp_path: Path) -> Any:
     command = [
         binary,
         "start",
-        "--host",
+        "--internal-host",  # the address it listens on (--host only sets the URL it calls back at)
         "127.0.0.1",
         "--port",
         str(port),
