@@ -146,6 +146,10 @@ def test_assess_compares_only_the_stop_images_both_rounds_predicted() -> None:
     assert first.stop_kappa is None and first.stop_predictions.tolist() == [0, 1, 0]
     again = assess(None, None, stop_logits, torch.tensor([0, 1, UNKNOWN]))
     assert again.stop_kappa == 1.0 and again.accuracy_low is None
+    # Images the model trained on are left out: only the third is compared, and it changed class.
+    changed = assess(None, None, stop_logits, torch.tensor([0, 1, 1]), torch.tensor([True, True, False]))
+    assert changed.stop_kappa is not None and changed.stop_kappa < 1
+    assert changed.stop_uncertainty == pytest.approx(mean_uncertainty(torch.softmax(stop_logits[2:], dim=1)))
     measured = assess(torch.tensor([[3.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 0]), None, None)
     assert measured.accuracy_low is not None and measured.accuracy_low < 0.5 < measured.accuracy_high  # type: ignore[operator]
     assert measured.temperature == 1.0 and measured.ece is not None
@@ -174,6 +178,6 @@ def test_the_report_says_where_each_rule_stops_and_what_it_left() -> None:
     stable = outcomes["stable predictions"]
     assert (stable.stopped, stable.labels) == (2, 20 + 40 * 5) and stable.left == pytest.approx(0.0)
     assert outcomes["low uncertainty"].stopped == 0 and outcomes["low uncertainty"].labels == 20 + 40 * 6
-    assert outcomes["stable predictions (kappa >= 0.95)"].labels == 20 + 40 * 5
+    assert outcomes["stable predictions (kappa >= 0.95)"].labels == 20 + 40 * 4  # mean of 0.9, 0.995, 0.996
     lines = verdict_lines(list(outcomes.values()))
     assert lines and "stops earliest within 1 point" in lines[0]

@@ -37,6 +37,14 @@ def labeled_project(
     return project, wrong
 
 
+def workflow_rows(project: Path) -> list[db.ImageRow]:
+    conn = db.connect(project, readonly=True)
+    try:
+        return db.pool_images(conn)
+    finally:
+        conn.close()
+
+
 def read_batch(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open(newline="")))
 
@@ -56,6 +64,7 @@ def test_review_flags_the_flipped_answers_and_the_relabel_batch_imports_back(tmp
     assert wrong <= listed, "every flipped answer is among the most doubtful"
     assert all(row["label"] != row["suggested_label"] for row in rows)
     # The person corrects the batch: the suggestion where the answer was wrong, the label kept elsewhere.
+    rows_by_path = {row["path"]: dict(row) for row in rows}  # as review wrote them
     for row in rows:
         if row["path"] in wrong:
             row["label"] = row["suggested_label"]
@@ -69,6 +78,11 @@ def test_review_flags_the_flipped_answers_and_the_relabel_batch_imports_back(tmp
     with sqlite3.connect(project / "project.db") as conn:
         kept = conn.execute("SELECT COUNT(*) FROM relabeled WHERE old_source = 'csv'").fetchone()[0]
     assert kept == len(wrong), "the old labels are kept"
+    # The untouched review file imported again never undoes those corrections.
+    assert main(["-q", "import", str(project), str(batch), "--relabel"]) == 0
+    assert "0 relabeled" in capsys.readouterr().out
+    labels = {row.path: row.label for row in workflow_rows(project)}
+    assert all(labels[path] != rows_by_path[path]["label"] for path in wrong)
 
 
 def test_review_with_a_network_from_scratch_and_its_errors(tmp_path: Path, capsys) -> None:
@@ -82,6 +96,8 @@ def test_review_with_a_network_from_scratch_and_its_errors(tmp_path: Path, capsy
     assert "--folds must be >= 2" in capsys.readouterr().err
     assert main(["-q", "review", str(project), "--folds", "30"]) == 2
     assert "at least 60 labeled images" in capsys.readouterr().err
+    assert main(["-q", "review", str(project), "--folds", "20"]) == 2  # 15 images per class
+    assert "lower --folds" in capsys.readouterr().err
 
 
 def shape_images(root: Path, count: int, seed: int, folders: bool = False) -> dict[str, str]:
@@ -139,3 +155,16 @@ def test_copies_are_named_never_in_one_batch_and_a_test_copy_is_a_leak(tmp_path:
     conn.close()
     pairs = {frozenset((a.path, b.path)) for a, b, _ in found.pool_pairs}
     assert {frozenset(p) for p in [(first, "copy-of-first.png"), (first, "resized-first.png")]} <= pairs
+
+
+def test_stopping_compares_rounds_a_batch_apart_not_the_pages_rounds_every_few_answers() -> None:
+    from lplgrad.project.stopping import spaced_rounds
+
+    # The page: a round after every 5 answers, each with a batch of 20.
+    rounds = [{"round": 1, "model_file": None, "labeled": 0, "queried": 20}] + [
+        {"round": r, "model_file": f"models/round-{r}.pt", "labeled": 20 + 5 * (r - 2), "queried": 20}
+        for r in range(2, 12)
+    ]
+    assert [r["labeled"] for r in spaced_rounds(rounds)] == [25, 45, 65]
+    assert [r["round"] for r in spaced_rounds(rounds, labeled_now=75, batch_now=20)][-1] == 9  # 55 labels
+    assert spaced_rounds(rounds, labeled_now=30, batch_now=20) == []  # nothing a batch before yet

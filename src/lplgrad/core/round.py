@@ -135,14 +135,16 @@ def run_round(inputs: RoundInputs, strategy: Strategy, models: Models, oracle: O
     _sync(device)
     train_seconds = time.perf_counter() - start
     evaluation = evaluate(models.model, inputs.dataset, config.train.eval_batch_size) if inputs.measure else None
-    stop_logits = None
+    stop_logits, stop_trained = None, None
     if inputs.stop_set is not None and inputs.stop_set.numel():
         stop_logits = predict_all(models.model, inputs.dataset, inputs.stop_set, config.train.eval_batch_size)["logits"]
+        stop_trained = torch.isin(inputs.stop_set.cpu(), inputs.labeled.cpu())
     assessment = assess(
         evaluation.logits if evaluation else None,
         evaluation.labels if evaluation else None,
         stop_logits,
         inputs.previous_stop,
+        stop_trained,
     )
     query = NO_QUERY
     if inputs.k:

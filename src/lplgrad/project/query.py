@@ -34,6 +34,7 @@ from lplgrad.project.features import backbone_key, project_features
 from lplgrad.project.images import check_unchanged, decode, moved_fingerprints, project_keys
 from lplgrad.project.oracle import NoOracle, PersonBatch, batch_folder
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
+from lplgrad.project.stopping import spaced_rounds
 from lplgrad.quality.assess import UNKNOWN
 from lplgrad.runtime.distributed import is_writer, share
 from lplgrad.runtime.folder_lock import folder_lock
@@ -169,12 +170,19 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
         channels,
         [row.id for row in stop_rows],
         checked[n_labeled + n_candidates : n_train],
-        db.stop_predictions(conn, round_index - 1),
+        db.stop_predictions(conn, _compared_round(db.rounds(conn), len(labeled), k)),
         copies_among(
             find_duplicates(conn, backbone, config.active.duplicate_threshold).pool_pairs,
             {row.id for row in candidates},
         ),
     )
+
+
+def _compared_round(rounds: list[dict[str, Any]], labeled: int, k: int) -> int:
+    """The round whose stop-set predictions this one's are compared with: the latest trained round
+    at least a batch (``k``) of labels before (0, none, when there is no such round)."""
+    earlier = spaced_rounds(rounds, labeled, k)
+    return int(earlier[-1]["round"]) if earlier else 0
 
 
 def copies_among(pairs: list[tuple[db.ImageRow, db.ImageRow, float]], ids: set[int]) -> dict[int, set[int]]:
@@ -273,7 +281,8 @@ def _trained_round(
         outcome = run_round(round_inputs, strategy, Models(model, aux_model), oracle)
     except TrainingDiverged as error:
         raise UserError(f"round {round_index} was not recorded: {error}") from None
-    queried = outcome.query.selected.numel()
+    # the batch as written: a pick that nearly duplicates another pick of the batch is left out
+    queried = len(oracle.items) if isinstance(oracle, PersonBatch) else outcome.query.selected.numel()
     return QueryResult(
         round_index,
         batch_folder(project, round_index),

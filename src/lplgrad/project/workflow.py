@@ -223,9 +223,17 @@ def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, 
     writes: list[tuple[object, ...]] = []
     relabels: list[tuple[int, str]] = []
     confirmed: list[int] = []  # answered with the label they have: a review batch's "kept"
+    batch = db.last_review(conn)
+    reviewed = {item.image.id: item.given for item in db.review_items(conn, batch)} if batch else {}
     for image, given in answers.items():
         chosen = _resolve_answers(given, on_conflict)
         current = by_id[image].label
+        if image in reviewed and chosen.label == reviewed[image] and current != chosen.label:
+            # A review batch's label column is pre-filled with the label at review time: a row left
+            # as it was must not undo a correction made since (the page's review mode, another file).
+            log.warning("%s: image %s kept its label %r, changed since the review", chosen.line, image, current)
+            counts.unchanged += 1
+            continue
         if current == chosen.label:
             counts.unchanged += 1
             confirmed.append(image)

@@ -31,9 +31,13 @@ def assess(
     test_labels: Tensor | None,
     stop_logits: Tensor | None,
     previous_stop: Tensor | None,
+    stop_trained: Tensor | None = None,
 ) -> Assessment:
     """The round's assessment. ``previous_stop`` [S] is aligned with ``stop_logits`` [S, C], with
-    ``UNKNOWN`` where the previous round did not predict that image (e.g. one added since)."""
+    ``UNKNOWN`` where the previous round did not predict that image (e.g. one added since);
+    ``stop_trained`` [S] marks the stop-set images the model was trained on, left out of kappa and
+    uncertainty (a model predicts its training images stably: they would make it look done). Every
+    image's prediction is still returned, so the next round can compare with any of them."""
     measured: dict[str, object] = {}
     if test_logits is not None and test_labels is not None and test_labels.numel():
         correct = int((test_logits.argmax(1) == test_labels).sum())
@@ -48,16 +52,17 @@ def assess(
         }
     if stop_logits is None or not stop_logits.shape[0]:
         return Assessment(**measured)  # type: ignore[arg-type]
-    probabilities = torch.softmax(stop_logits.float(), dim=1)
-    predictions = probabilities.argmax(dim=1).cpu()
+    probabilities = torch.softmax(stop_logits.float(), dim=1).cpu()
+    predictions = probabilities.argmax(dim=1)
+    unlabeled = torch.ones(predictions.numel(), dtype=torch.bool) if stop_trained is None else ~stop_trained.cpu()
     kappa = None
     if previous_stop is not None:
-        known = previous_stop.cpu() != UNKNOWN
+        known = (previous_stop.cpu() != UNKNOWN) & unlabeled
         if bool(known.any()):
             kappa = prediction_agreement(previous_stop.cpu()[known].numpy(), predictions[known].numpy())
     return Assessment(
         **measured,  # type: ignore[arg-type]
         stop_predictions=predictions,
         stop_kappa=kappa,
-        stop_uncertainty=mean_uncertainty(probabilities),
+        stop_uncertainty=mean_uncertainty(probabilities[unlabeled]) if bool(unlabeled.any()) else None,
     )

@@ -2,8 +2,9 @@
 
 - Stabilizing predictions (Bloodgood & Vijay-Shanker 2009, "A method for stopping active learning
   based on stabilizing predictions"): Cohen's kappa between the predictions of successive models on
-  a fixed stop set of pool images; stop once kappa has stayed >= a threshold (0.99) for a window of
-  rounds (3). The labels of the stop set are never needed, so it works in a person's loop.
+  a fixed stop set of unlabeled images; stop once the mean kappa over a window of rounds (3) is >= a
+  threshold (0.99), as the paper and small-text's ``KappaAverage`` do. The labels of the stop set
+  are never needed, so it works in a person's loop.
 - Overall uncertainty (Zhu et al. 2008; small-text's ``OverallUncertainty``): the mean normalised
   entropy H(p) / log C of the model's predictions on the stop set falls below a threshold.
 - Accuracy plateau: the accuracy of each of the last ``window`` rounds lies inside the current
@@ -112,8 +113,8 @@ def _met_each_round(history: Sequence[Signals], name: str, rules: Rules) -> list
     for i, now in enumerate(history):
         recent = history[max(0, i - rules.window + 1) : i + 1]
         if name == STABLE:
-            kappas = [s.kappa for s in recent]
-            met.append(len(recent) == rules.window and all(k is not None and k >= rules.kappa for k in kappas))
+            kappas = [s.kappa for s in recent if s.kappa is not None]
+            met.append(len(kappas) == rules.window and sum(kappas) / len(kappas) >= rules.kappa)
         elif name == UNCERTAINTY:
             met.append(now.uncertainty is not None and now.uncertainty <= rules.uncertainty)
         elif name == PLATEAU:
@@ -165,8 +166,8 @@ def _detail(history: Sequence[Signals], name: str, rules: Rules) -> str:
         kappas = [s.kappa for s in history[-rules.window :] if s.kappa is not None]
         if not kappas:
             return "no kappa yet (needs two trained rounds)"
-        needs = f"needs >= {rules.kappa} for {rules.window}"
-        return f"kappa {kappas[-1]:.3f}, lowest of the last {len(kappas)} {min(kappas):.3f} ({needs})"
+        needs = f"needs a mean >= {rules.kappa} over {rules.window} rounds"
+        return f"kappa {kappas[-1]:.3f}, mean of the last {len(kappas)} {sum(kappas) / len(kappas):.3f} ({needs})"
     if name == UNCERTAINTY:
         if now.uncertainty is None:
             return "not measured"

@@ -100,8 +100,10 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> Evalu
     test set and every process receives all the logits, so each computes the same numbers."""
     test = dataset.test
     mine = torch.arange(len(test))[shard(len(test))]
-    logits = predict(model, dataset, mine, batch_size, split="test")["logits"]
-    logits = gather(logits).cpu()
+    mine_logits = predict(model, dataset, mine, batch_size, split="test").get("logits")
+    if mine_logits is None:  # under torchrun, a rank whose shard of a tiny test set is empty
+        mine_logits = torch.zeros(0, dataset.num_classes, device=test.labels.device)
+    logits = gather(mine_logits).cpu()
     labels = test.labels.cpu()
     correct = logits.argmax(1) == labels
     per_class_total = torch.bincount(labels, minlength=dataset.num_classes).float()

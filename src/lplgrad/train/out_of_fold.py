@@ -27,14 +27,21 @@ from lplgrad.train.inference import predict
 
 def fold_assignment(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, held-out) positions of each fold, stratified by label (scikit-learn's StratifiedKFold);
-    a class with fewer images than folds is spread over as many folds as it has images."""
+    a class with fewer images than folds is spread over as many folds as it has images (it needs at
+    least one class with ``folds`` images)."""
     if labels.size < 2 * folds:
         raise UserError(f"--folds {folds} needs at least {2 * folds} labeled images, there are {labels.size}")
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=derive_seed(seed, 0, SEED_FOLDS) % 2**32)
 
     with warnings.catch_warnings():  # "the least populated class has only N members": handled as said
         warnings.simplefilter("ignore", UserWarning)
-        return list(splitter.split(np.zeros(labels.size), labels))
+        try:
+            return list(splitter.split(np.zeros(labels.size), labels))
+        except ValueError:  # every class has fewer images than folds
+            largest = int(np.bincount(labels).max())
+            raise UserError(
+                f"--folds {folds} is more than the {largest} images of the largest class; lower --folds"
+            ) from None
 
 
 def out_of_fold_probabilities(
