@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from lplgrad.data import Augment, Dataset, Split
 
@@ -60,3 +60,23 @@ def write_images(root: Path, classes: dict[str, int], size: int = 12, seed: int 
         for i in range(count):
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def shape_images(root: Path, count: int, seed: int, folders: bool = False) -> dict[str, str]:
+    """64-px pictures of four random ellipses and rectangles on a random background: to a pretrained
+    backbone mostly different pictures, unlike the class-coloured noise of ``make_images``."""
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for i in range(count):
+        label = CLASSES[i % 3]
+        image = Image.new("RGB", (64, 64), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x, y, w, h = (int(v) for v in rng.integers([0, 0, 8, 8], [48, 48, 32, 32]))
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], fill=colour)
+        relative = f"{label}/{i:03d}.png" if folders else f"{i:03d}.png"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / relative)
+        truth[relative] = label
+    return truth

@@ -8,15 +8,14 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lplgrad.cli.main import main
 from lplgrad.project import db, workflow
 from lplgrad.project.duplicates import find_duplicates
 from lplgrad.quality.duplicates import THRESHOLD
-from tests.helpers import CLASSES, make_images
+from tests.helpers import CLASSES, make_images, shape_images
 
 
 def labeled_project(
@@ -100,26 +99,6 @@ def test_review_with_a_network_from_scratch_and_its_errors(tmp_path: Path, capsy
     assert "lower --folds" in capsys.readouterr().err
 
 
-def shape_images(root: Path, count: int, seed: int, folders: bool = False) -> dict[str, str]:
-    """64-px pictures of four random ellipses and rectangles on a random background: to a pretrained
-    backbone mostly different pictures, unlike the class-coloured noise of ``make_images``."""
-    rng = np.random.default_rng(seed)
-    truth = {}
-    for i in range(count):
-        label = CLASSES[i % 3]
-        image = Image.new("RGB", (64, 64), tuple(int(v) for v in rng.integers(0, 256, 3)))
-        draw = ImageDraw.Draw(image)
-        for _ in range(4):
-            x, y, w, h = (int(v) for v in rng.integers([0, 0, 8, 8], [48, 48, 32, 32]))
-            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], fill=colour)
-        relative = f"{label}/{i:03d}.png" if folders else f"{i:03d}.png"
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        image.save(root / relative)
-        truth[relative] = label
-    return truth
-
-
 @pytest.mark.pretrained_default
 def test_copies_are_named_never_in_one_batch_and_a_test_copy_is_a_leak(tmp_path: Path, capsys) -> None:
     truth = shape_images(tmp_path / "pool", 24, seed=0)
@@ -152,6 +131,7 @@ def test_copies_are_named_never_in_one_batch_and_a_test_copy_is_a_leak(tmp_path:
     assert "~ pool image leaked.png (cosine 1.000): it inflates accuracy" in out
     conn = db.connect(project, readonly=True)
     found = find_duplicates(conn, db.feature_backbones(conn)[0], THRESHOLD)
+    assert conn.execute("SELECT COUNT(*) FROM features WHERE compared = 0").fetchone()[0] == 0
     conn.close()
     pairs = {frozenset((a.path, b.path)) for a, b, _ in found.pool_pairs}
     assert {frozenset(p) for p in [(first, "copy-of-first.png"), (first, "resized-first.png")]} <= pairs

@@ -112,6 +112,9 @@ MIGRATIONS = [
         class_id INTEGER NOT NULL REFERENCES classes(id),
         PRIMARY KEY (round, image_id)
     );
+    -- Whether a stored vector was compared with the others for near duplicates (0: not yet, e.g.
+    -- features stored before this version, or a comparison a kill interrupted: it runs again).
+    ALTER TABLE features ADD COLUMN compared INTEGER NOT NULL DEFAULT 0;
     -- Pairs of image contents whose features under a backbone are near duplicates (cosine >= the
     -- threshold, quality.duplicates), found when the features are computed, first_sha < second_sha.
     CREATE TABLE near_duplicates (
@@ -519,6 +522,21 @@ def feature_pages(conn: sqlite3.Connection, backbone: str, page: int = 4096) -> 
             return
         yield [(row[0], bytes(row[1])) for row in rows]
         last = rows[-1][0]
+
+
+def uncompared_features(conn: sqlite3.Connection, backbone: str, limit: int) -> list[tuple[str, bytes]]:
+    """Up to ``limit`` stored (sha256, vector) of ``backbone`` not yet compared for near duplicates."""
+    rows = conn.execute(
+        "SELECT sha256, vector FROM features WHERE backbone = ? AND compared = 0 ORDER BY sha256 LIMIT ?",
+        (backbone, limit),
+    ).fetchall()
+    return [(row[0], bytes(row[1])) for row in rows]
+
+
+def mark_compared(conn: sqlite3.Connection, backbone: str, hashes: list[str]) -> None:
+    conn.executemany(
+        "UPDATE features SET compared = 1 WHERE backbone = ? AND sha256 = ?", [(backbone, h) for h in hashes]
+    )
 
 
 def feature_backbones(conn: sqlite3.Connection) -> list[str]:

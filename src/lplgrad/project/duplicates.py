@@ -1,8 +1,9 @@
 """Exact and near duplicates among a project's images, on its backbone's cached features.
 
-Near-duplicate pairs are found when features are computed (``record_near_duplicates``, called by
-``project.features``): each newly computed chunk is compared with every stored vector of the same
-backbone, a page at a time, so the cost is paid once per image and memory stays bounded. Exact
+Near-duplicate pairs are found once features are computed (``compare_pending``, called by
+``project.features``): the vectors not compared yet are compared with every stored vector of the
+same backbone, a block against a page at a time, so the cost is paid once per image and memory
+stays bounded. Exact
 duplicates (the same bytes) are known from the content hashes without any features.
 """
 
@@ -15,26 +16,47 @@ import numpy as np
 import torch
 
 from lplgrad.project import db
-from lplgrad.quality.duplicates import FLOOR, near_duplicates, top_neighbours
+from lplgrad.quality.duplicates import FLOOR, NEIGHBOURS, Pairs, near_duplicates, top_neighbours
 
 
-def record_near_duplicates(conn: Any, backbone: str, new: list[tuple[str, bytes]], dims: int) -> None:
-    """Store the near-duplicate pairs between the ``new`` (sha256, float16 bytes) vectors and every
-    stored vector of ``backbone`` (the new ones included, so pairs among them are found too)."""
-    if not new:
-        return
-    shas = [sha for sha, _ in new]
-    vectors = _matrix([v for _, v in new], dims)
-    pairs: list[tuple[str, str, float]] = []
-    for page in db.feature_pages(conn, backbone):
-        found = top_neighbours(near_duplicates(vectors, _matrix([v for _, v in page], dims), FLOOR))
-        pairs += [
-            (shas[i], page[j][0], float(s))
-            for i, j, s in zip(found.first.tolist(), found.second.tolist(), found.similarity.tolist(), strict=True)
-            if shas[i] != page[j][0]
+def compare_pending(conn: Any, backbone: str, dims: int, block: int = 4096) -> None:
+    """Compare every stored vector of ``backbone`` not compared yet with all stored vectors, a block
+    of them against a page of the others at a time, and store the near-duplicate pairs (from
+    ``FLOOR``, at most ``NEIGHBOURS`` per image) and the block's "compared" mark in one transaction:
+    a kill loses nothing, and features stored before this existed are compared on their next use."""
+    while pending := db.uncompared_features(conn, backbone, block):
+        shas = [sha for sha, _ in pending]
+        vectors = _matrix([v for _, v in pending], dims)
+        found: list[tuple[int, str, float]] = []
+        for page in db.feature_pages(conn, backbone):
+            others = [sha for sha, _ in page]
+            pairs = near_duplicates(vectors, _matrix([v for _, v in page], dims), FLOOR)
+            not_self = [
+                k
+                for k, (i, j) in enumerate(zip(pairs.first.tolist(), pairs.second.tolist(), strict=True))
+                if shas[i] != others[j]
+            ]
+            kept = top_neighbours(_subset(pairs, not_self))
+            found += [
+                (i, others[j], s)
+                for i, j, s in zip(kept.first.tolist(), kept.second.tolist(), kept.similarity.tolist(), strict=True)
+            ]
+        best: dict[int, list[tuple[float, str]]] = {}
+        for i, other, similarity in found:  # the pages' best, merged: at most NEIGHBOURS per image
+            best.setdefault(i, []).append((similarity, other))
+        rows = [
+            (shas[i], other, similarity)
+            for i, candidates in best.items()
+            for similarity, other in sorted(candidates, reverse=True)[:NEIGHBOURS]
         ]
-    with db.transaction(conn):
-        db.add_near_duplicates(conn, backbone, pairs)
+        with db.transaction(conn):
+            db.add_near_duplicates(conn, backbone, rows)
+            db.mark_compared(conn, backbone, shas)
+
+
+def _subset(pairs: Pairs, keep: list[int]) -> Pairs:
+    index = torch.tensor(keep, dtype=torch.long)
+    return Pairs(pairs.first[index], pairs.second[index], pairs.similarity[index])
 
 
 def _matrix(blobs: list[bytes], dims: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from lplgrad.config.schema import RunConfig
 from lplgrad.experiment.runner import resolve_device
 from lplgrad.models.backbones import BackboneSpec, create_pretrained
 from lplgrad.project import db
-from lplgrad.project.duplicates import record_near_duplicates
+from lplgrad.project.duplicates import compare_pending
 from lplgrad.project.images import decode
 from lplgrad.train.features import pooled_features
 
@@ -41,12 +41,13 @@ def project_features(
 ) -> tuple[Tensor, BackboneSpec]:
     """float16 [len(rows), sum(C_k)] of these images, computing (and storing) only the missing ones,
     and the backbone's spec (its four feature levels split a row)."""
-    backbone, spec = create_pretrained(config.model.backbone, 2, config.model.weights)
+    _, spec = create_pretrained(config.model.backbone, 2, "none")  # the spec; weights only when needed
     key = backbone_key(config, spec.image_size)
     stored = db.cached_features(conn, key, [row.sha256 for row in rows])  # type: ignore[arg-type]
     missing = list({row.sha256: row for row in rows if row.sha256 not in stored}.values())
     if missing:
         log.info("computing %s features of %d images (once; stored in the project)", spec.name, len(missing))
+        backbone, spec = create_pretrained(config.model.backbone, 2, config.model.weights)
         backbone.to(resolve_device(config.device))
         chunks = [missing[start : start + CHUNK] for start in range(0, len(missing), CHUNK)]
         show = progress and sys.stderr.isatty()
@@ -61,10 +62,10 @@ def project_features(
                 items = [(row.sha256, vector.tobytes()) for row, vector in zip(chunk, vectors, strict=True)]
                 with db.transaction(conn):  # type: ignore[arg-type]
                     db.add_features(conn, key, items)  # type: ignore[arg-type]
-                record_near_duplicates(conn, key, items, sum(spec.feature_channels))
                 stored.update(items)
         bar.close()
     dims = sum(spec.feature_channels)
+    compare_pending(conn, key, dims)  # the new ones, and any a kill or an older lplgrad left
     if not rows:
         return torch.zeros(0, dims, dtype=torch.float16), spec
     matrix = np.stack([np.frombuffer(stored[row.sha256], dtype=np.float16, count=dims) for row in rows])
