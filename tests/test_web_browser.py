@@ -34,7 +34,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-HEAD = {"model.backbone": "efficientnet-lite0", "train.finetune": "head", "train.min_steps": 20, "device": "cpu"}
+# Class-coloured noise all looks alike to an ImageNet backbone: near duplicates are off here (exact
+# copies only), so each batch keeps its size (tests/test_review.py tests them on distinct pictures).
+HEAD = {
+    "model.backbone": "efficientnet-lite0",
+    "train.finetune": "head",
+    "train.min_steps": 20,
+    "device": "cpu",
+    "active.duplicate_threshold": 1.0,
+}
 
 
 @pytest.fixture(params=["scratch"])

@@ -232,6 +232,12 @@ def print_status(status: dict[str, Any], as_json: bool) -> None:
             f"calibration (latest round): expected calibration error {100 * stopping['ece']:.1f}%; suggested "
             f"confidences are temperature-scaled (T = {stopping['temperature']:.2f})"
         )
+        bins = [
+            f"{10 * i}-{10 * i + 10}%: {100 * accuracy:.0f}% ({int(count)})"
+            for i, (count, _, accuracy) in enumerate(stopping["reliability"])
+            if count and accuracy is not None
+        ]
+        print("  confidence -> accuracy (images): " + ", ".join(bins))
 
 
 def _measured(r: dict[str, Any]) -> str:

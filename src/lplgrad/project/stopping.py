@@ -6,6 +6,7 @@ back and judges them with the project's ``[stop]`` settings (``quality.stopping`
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lplgrad.config.schema import RunConfig
@@ -45,6 +46,7 @@ def stopping_state(rounds: list[dict[str, Any]], config: RunConfig) -> dict[str,
         if history
         else [],
         "ece": latest.get("ece"),
+        "reliability": json.loads(latest["reliability"]) if latest.get("reliability") else [],
         "temperature": latest.get("temperature"),
         "accuracy_low": latest.get("accuracy_low"),
         "accuracy_high": latest.get("accuracy_high"),

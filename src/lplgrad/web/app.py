@@ -113,7 +113,7 @@ def create_app(
         return Response(data, media_type=IMAGE_TYPES.get(suffix, "application/octet-stream"))
 
     async def label(request: Request) -> Response:
-        body = await _json_body(request, token)
+        body = await read_json(request, MAX_BODY, token)
         if isinstance(body, Response):
             return body
         image_id, name = _image_id(body), body.get("label")
@@ -130,7 +130,7 @@ def create_app(
         return await _answer(write)
 
     async def skip(request: Request) -> Response:
-        body = await _json_body(request, token)
+        body = await read_json(request, MAX_BODY, token)
         if isinstance(body, Response):
             return body
         image_id = _image_id(body)
@@ -144,7 +144,7 @@ def create_app(
         return await _answer(write)
 
     async def undo(request: Request) -> Response:
-        body = await _json_body(request, token)
+        body = await read_json(request, MAX_BODY, token)
         if isinstance(body, Response):
             return body
         if not undo_stack:
@@ -163,7 +163,7 @@ def create_app(
         return await _answer(write)
 
     async def review(request: Request) -> Response:
-        body = await _json_body(request, token)
+        body = await read_json(request, MAX_BODY, token)
         if isinstance(body, Response):
             return body
         image_id, name, expected = _image_id(body), body.get("label"), body.get("expected")
@@ -172,7 +172,7 @@ def create_app(
         return await _answer(lambda: {"decision": relabel.review_answer(project, image_id, name, expected)})
 
     async def train(request: Request) -> Response:
-        body = await _json_body(request, token)
+        body = await read_json(request, MAX_BODY, token)
         if isinstance(body, Response):
             return body
         if not trainer.start():
@@ -219,20 +219,22 @@ def _image_id(body: dict[str, Any]) -> int | None:
     return None
 
 
-async def _json_body(request: Request, token: str) -> dict[str, Any] | Response:
-    """The request's JSON object, after checking its CSRF token; else the error response."""
-    given = request.headers.get("x-csrf-token", "").encode("utf-8", "surrogateescape")
-    if not secrets.compare_digest(given, token.encode()):
-        return JSONResponse({"error": "missing or wrong X-CSRF-Token"}, status_code=403)
+async def read_json(request: Request, limit: int, token: str | None = None) -> dict[str, Any] | Response:
+    """The request's JSON object of at most ``limit`` bytes, after checking its CSRF token when
+    ``token`` is given (``X-CSRF-Token``); else the 4xx response that says why there is none."""
+    if token is not None:
+        given = request.headers.get("x-csrf-token", "").encode("utf-8", "surrogateescape")
+        if not secrets.compare_digest(given, token.encode()):
+            return JSONResponse({"error": "missing or wrong X-CSRF-Token"}, status_code=403)
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return JSONResponse({"error": "expected application/json"}, status_code=415)
-    raw = b""
+    raw = bytearray()
     async for part in request.stream():
         raw += part
-        if len(raw) > MAX_BODY:
-            return JSONResponse({"error": f"the body is over {MAX_BODY} bytes"}, status_code=413)
+        if len(raw) > limit:
+            return JSONResponse({"error": f"the body is over {limit} bytes"}, status_code=413)
     try:
-        body = json.loads(raw or b"{}")
+        body = json.loads(bytes(raw) or b"{}")
     except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return JSONResponse({"error": "the body is not JSON"}, status_code=400)
     if not isinstance(body, dict):

@@ -144,6 +144,45 @@ function renderStopping() {
   document.getElementById("calibration").textContent = stopping.ece === null ? "" :
     `Calibration: expected calibration error ${(100 * stopping.ece).toFixed(1)}%; ` +
     `the suggestions' confidences are temperature-scaled (T = ${stopping.temperature.toFixed(2)}).`;
+  drawReliability(stopping.reliability);
+}
+
+// The latest round's reliability diagram: accuracy per confidence bin against the diagonal of a
+// perfectly calibrated model (bins of fewer than 5 images are left out).
+function drawReliability(bins) {
+  const svg = document.getElementById("reliability");
+  const points = bins.map(([count, confidence, accuracy]) => ({ count, confidence, accuracy }))
+    .filter((b) => b.count >= 5 && b.accuracy !== null);
+  svg.hidden = !points.length;
+  const ns = "http://www.w3.org/2000/svg";
+  const el = (name, attrs) => {
+    const node = document.createElementNS(ns, name);
+    Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+    return node;
+  };
+  const [left, top, size] = [30, 8, 120];
+  const x = (c) => left + size * c;
+  const y = (a) => top + size * (1 - a);
+  const parts = [el("line", { x1: x(0), y1: y(0), x2: x(1), y2: y(1), class: "diagonal" }),
+    el("line", { x1: x(0), y1: y(0), x2: x(1), y2: y(0), class: "axis" }),
+    el("line", { x1: x(0), y1: y(0), x2: x(0), y2: y(1), class: "axis" })];
+  for (const [text, attrs] of [["100%", { x: 2, y: y(1) + 3 }], ["0", { x: 18, y: y(0) + 3 }],
+    ["confidence", { x: left + 30, y: top + size + 14 }]]) {
+    const label = el("text", attrs);
+    label.textContent = text;
+    parts.push(label);
+  }
+  if (points.length) {
+    parts.push(el("polyline", { class: "line", points: points.map((b) => `${x(b.confidence)},${y(b.accuracy)}`).join(" ") }));
+    points.forEach((b) => {
+      const point = el("circle", { cx: x(b.confidence), cy: y(b.accuracy), r: 3, class: "point" });
+      const title = el("title", {});
+      title.textContent = `confidence ${Math.round(100 * b.confidence)}%: ${Math.round(100 * b.accuracy)}% right (${b.count} images)`;
+      point.append(title);
+      parts.push(point);
+    });
+  }
+  svg.replaceChildren(...parts);
 }
 
 function renderDashboard() {
