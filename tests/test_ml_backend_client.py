@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from lplgrad.errors import UserError
+from lplgrad.serve import label_studio_api
 from lplgrad.serve.label_studio_api import PAGE, LabelStudio, check_url, is_personal_token
 
 LEGACY = "0123456789abcdef"
@@ -37,6 +39,9 @@ class StandIn(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/api/token/refresh/":
             return self._send(200 if body == {"refresh": PERSONAL} else 401, {"access": "access-1"})
+        if self.path.startswith("/api/dm/actions?id=retrieve_tasks_predictions"):
+            time.sleep(0.6)  # Label Studio answers once every task has its prediction
+            return self._send(200, {"processed_items": len(TASKS)})
         self._send(500, {"detail": "boom"})
 
     def _authorized(self) -> bool:
@@ -49,11 +54,14 @@ class StandIn(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a timeout test)
+            pass
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -105,3 +113,12 @@ def test_a_server_error_names_the_call(server: str) -> None:
     with pytest.raises(UserError, match="answered 500 to POST /api/projects/2/import"):
         LabelStudio(server, LEGACY).import_tasks(2, [])
     assert check_url("https://ls.example.com/") == "https://ls.example.com"
+
+
+def test_retrieving_predictions_may_take_longer_than_other_calls(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(label_studio_api, "TIMEOUT", 0.2)
+    monkeypatch.setattr(label_studio_api, "RETRIEVE_TIMEOUT", 10.0)
+    client = LabelStudio(server, LEGACY)
+    client.retrieve_predictions(3)  # 0.6 s: within its own timeout
+    with pytest.raises(UserError, match="cannot reach Label Studio"):  # any other call would have given up
+        client.call("POST", "/api/dm/actions?id=retrieve_tasks_predictions&project=3", {})

@@ -206,7 +206,8 @@ def test_label_studio_runs_the_loop_through_lplgrad_serve(label_studio: LabelStu
     for task in firsts:
         image = task["data"]["lplgrad_id"]
         label = wait_for("the label by webhook", lambda image=image: label_of(project, image), 30, log)
-        assert (label["label"], label["source"], label["annotator"]) == (truth[path_of(task)], "label-studio", "1")
+        expected = (truth[path_of(task)], "label-studio", f"ls:{ls_project}:1")  # this project's user 1
+        assert (label["label"], label["source"], label["annotator"]) == expected
     wait_for("round 2 and its predictions", lambda: model_version(ls, ls_project) == "lplgrad-round-2", 180, log)
     before = {task_key(t): score_of(t, "lplgrad-round-1") for t in order}
     order = sorted_by_score(ls, ls_project)

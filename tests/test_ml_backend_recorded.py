@@ -116,9 +116,13 @@ def test_recorded_deletion_and_start_training_sync_through_the_api(live: tuple[P
     unanswered = [t for t in tasks if not t["annotations"] and "lplgrad_id" in t["data"]]
     assert answered and unanswered  # the deleted annotation's task is left without one
     gone = task_records(unanswered[0], config, [recorded("webhook-annotation-created")["annotation"]])[0]
-    record_answer(project, gone)  # as the webhook wrote it before the deletion
+    record_answer(project, 1, gone)  # as the webhook wrote it before the deletion
     deleted = recorded("webhook-annotations-deleted")
     assert deleted["annotations"] == [{"id": deleted["annotations"][0]["id"]}]  # ids only: read the API back
+    assert hooks.handle(deleted) == {"status": "accepted", "action": "ANNOTATIONS_DELETED"}  # in the background
+    assert hooks.idle.wait(30) and label_of(project, unanswered[0]["data"]["lplgrad_id"]) is None
+    assert not learner.trained.is_set()  # a deletion syncs, it does not train
+    record_answer(project, 1, gone)
     counts = hooks.sync(1)
     assert label_of(project, unanswered[0]["data"]["lplgrad_id"]) is None and counts.count("removed") == 1
     for task in answered:

@@ -85,8 +85,8 @@ def _label_studio_flags(parser: Any, required: bool) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get(KEY_ENV),
-        help=f"a Label Studio API token (legacy token; default: ${KEY_ENV}"
-        + ("" if required else ", else the one /setup sends")
+        help=f"a Label Studio API key (personal access token or legacy token; default: ${KEY_ENV}"
+        + ("" if required else "; needs --label-studio-url; without it, the token /setup sends")
         + ")",
     )
 
@@ -110,6 +110,11 @@ def serve(args: argparse.Namespace) -> None:
 
     if args.k < 1 or args.train_every < 0:
         raise UserError(f"--k must be >= 1 and --train-every >= 0, got {args.k} and {args.train_every}")
+    if args.api_key and not args.label_studio_url:  # the key goes only where the operator says
+        raise UserError(
+            f"--api-key (or ${KEY_ENV}) needs --label-studio-url: the key is sent only to the Label Studio you "
+            "name, never to the hostname a /setup request gives"
+        )
     options = ServeOptions(
         strategy=args.strategy,
         k=args.k,
@@ -127,6 +132,7 @@ def serve(args: argparse.Namespace) -> None:
         auth = "" if options.basic_auth else "; add --basic-auth"
         print(f"warning: serving on {args.host}: anyone who can reach it can label this project{auth}", file=sys.stderr)
     print(f"Label Studio ML backend for {args.project} at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    # uvicorn's access log stays off: the app logs each request on one line (serve.app.RequestLog)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -152,4 +158,5 @@ def push(args: argparse.Namespace) -> None:
     print(
         f"{done.sent} task(s) sent to Label Studio project {args.ls_project}, {done.with_prediction} with a "
         f"prediction ({done.version}); {done.already} already there"
+        + (f"; {done.unreadable} image(s) could not be read, sent without a prediction" if done.unreadable else "")
     )

@@ -1,19 +1,22 @@
-"""Answers that arrive one at a time from Label Studio (``lplgrad serve``), written to the project.
+"""Answers that arrive from a Label Studio project (``lplgrad serve``), written to the project.
 
-Each answer is its own short transaction (no project lock, as the page's: labeling goes on while a
-round trains) and goes through ``import``'s resolution and validation (``workflow._find`` and
-``workflow._apply``: the image by ``lplgrad_id`` or path, the class checked, the round it answered).
-The labels Label Studio wrote follow its annotations: an update changes such a label, a deleted
-annotation removes it. A label another source wrote (initial, csv, the page) is never changed:
-that is a ``Conflict``, and the label stays.
+They go through ``import``'s resolution and validation (``workflow.resolve_labels``: the image by
+``lplgrad_id`` or path, the class checked, the round it answered), against an image index read
+once (``workflow.image_index``), and are written in short transactions (no project lock, as the
+page's: labeling goes on while a round trains): one per webhook answer, one per chunk of a sync.
+
+The labels ``serve`` writes carry the Label Studio project they came from: source ``label-studio``
+and annotator ``ls:<Label Studio project id>:<user id>``. Only those labels follow that project's
+annotations (an update changes such a label, a deleted annotation removes it). Any other label is
+never changed, whoever wrote it (initial, csv, the page, ``lplgrad import`` of a Label Studio
+export, another Label Studio project): an answer that contradicts it is a ``Conflict``, and it stays.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,10 @@ from lplgrad.errors import UserError, quoted
 from lplgrad.project import db
 from lplgrad.project.exchange import LabelRecord
 from lplgrad.project.labeling import Conflict
-from lplgrad.project.workflow import _apply, _find
-
-log = logging.getLogger(__name__)
+from lplgrad.project.workflow import ImageIndex, image_index, resolve_labels, write_labels
 
 SOURCE = "label-studio"
+CHUNK = 500  # tasks of a sync per transaction
 
 
 class UnknownImage(UserError):
@@ -37,7 +39,7 @@ class Change:
     image: int
     before: str | None
     after: str | None
-    what: str  # "labeled", "relabeled", "removed", "unchanged", "skipped", "kept"
+    what: str  # "labeled", "relabeled", "removed", "unchanged", "skipped", "kept", "newer"
 
 
 @dataclass
@@ -45,99 +47,160 @@ class SyncCounts:
     """What a sync of many tasks did; conflicts and unknown tasks are listed, not raised."""
 
     changes: list[Change] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # answers refused: another source's label, an unknown class
+    unknown: list[str] = field(default_factory=list)  # tasks of no project image, or not readable as a task
 
     def count(self, what: str) -> int:
         return sum(1 for c in self.changes if c.what == what)
 
 
-class _Index:
-    """The project's images by id and by path, as ``import`` matches them."""
+def annotator(ls_project: int, user: str | None) -> str:
+    """The annotator a label ``serve`` writes carries: which Label Studio project, which user."""
+    return f"ls:{ls_project}:{user or ''}"
 
-    def __init__(self, rows: list[db.ImageRow]) -> None:
-        self.by_id = {row.id: row for row in rows}
-        self.by_path: dict[str, list[db.ImageRow]] = {}
-        for row in rows:
-            self.by_path.setdefault(row.path, []).append(row)
-            self.by_path.setdefault(str(row.full_path), []).append(row)
 
-    def find(self, record: LabelRecord) -> db.ImageRow:
-        try:
-            return _find(record, self.by_id, self.by_path)
-        except UserError as error:
-            raise UnknownImage(str(error)) from None
+def _written_by(current: dict[str, object], ls_project: int) -> bool:
+    """Whether this label is one ``serve`` wrote for this Label Studio project."""
+    return current["source"] == SOURCE and str(current.get("annotator") or "").startswith(f"ls:{ls_project}:")
+
+
+def _writer(current: dict[str, object]) -> str:
+    who = str(current.get("annotator") or "")
+    if current["source"] != SOURCE:
+        return str(current["source"])
+    if who.startswith("ls:"):
+        return f"Label Studio project {who.split(':')[1]}"
+    return "label-studio (lplgrad import of an export)"
 
 
 def match_images(project: Path, records: Iterable[LabelRecord]) -> list[db.ImageRow | str]:
     """Each task's image, or the reason it has none in this project (one read, no write)."""
     with closing(db.connect(project, readonly=True)) as conn:
-        index = _Index(db.images(conn))
+        index = image_index(conn)
     found: list[db.ImageRow | str] = []
     for record in records:
         try:
-            found.append(index.find(record))
+            found.append(_find(index, record))
         except UnknownImage as error:
             found.append(str(error))
     return found
 
 
-def record_answer(project: Path, record: LabelRecord) -> Change:
+def record_answer(
+    project: Path, ls_project: int, record: LabelRecord, mark: Callable[[int], None] | None = None
+) -> Change:
     """Write one answer (an annotation created or updated) in one transaction. A skip (label None)
-    writes nothing; an answer on an image another source labeled otherwise is a Conflict."""
-    with closing(db.connect(project)) as conn, db.transaction(conn):
-        return _write(conn, project, _Index(db.images(conn)), record)
+    writes nothing; an answer on an image another source labeled otherwise is a Conflict. ``mark``
+    gets the image's id inside the transaction, before its label changes."""
+    with closing(db.connect(project)) as conn:
+        index = image_index(conn)  # read before the write transaction, which stays short
+        with db.transaction(conn):
+            return _write(conn, ls_project, index, db.last_round_of(conn), record, mark)
 
 
-def remove_answer(project: Path, record: LabelRecord) -> Change:
-    """Take back Label Studio's label of one task's image (its annotation was deleted, no answer is
-    left); a label of another source stays (what "kept")."""
-    with closing(db.connect(project)) as conn, db.transaction(conn):
-        return _remove(conn, _Index(db.images(conn)).find(record))
+def remove_answer(
+    project: Path, ls_project: int, record: LabelRecord, mark: Callable[[int], None] | None = None
+) -> Change:
+    """Take back this Label Studio project's label of one task's image (its answer was taken back,
+    none is left); any other label stays (what "kept")."""
+    with closing(db.connect(project)) as conn:
+        row = _find(image_index(conn), record)
+        with db.transaction(conn):
+            return _remove(conn, ls_project, row, mark)
 
 
-def sync_answers(project: Path, tasks: list[tuple[LabelRecord, LabelRecord | None]]) -> SyncCounts:
-    """Make the project's Label Studio labels match Label Studio's tasks: (the task's reference, its
-    current answer or None). One transaction per task, so a busy or failing one loses no other."""
+def sync_answers(
+    project: Path,
+    ls_project: int,
+    tasks: list[tuple[LabelRecord, LabelRecord | None]],
+    keep: Callable[[int], bool] | None = None,
+    mark: Callable[[int], None] | None = None,
+) -> SyncCounts:
+    """Make this Label Studio project's labels match its tasks: (the task's reference, its current
+    answer or None: no answer is left). An image ``keep`` names (its label was written after the
+    tasks were read) is left as it is ("newer"). One transaction per CHUNK tasks; a task that
+    cannot be written (no such image, another source's label, an unknown class) is listed and
+    the others go on."""
     counts = SyncCounts()
     with closing(db.connect(project)) as conn:
-        index = _Index(db.images(conn))
-        for reference, answer in tasks:
-            try:
-                with db.transaction(conn):
-                    if answer is None:
-                        counts.changes.append(_remove(conn, index.find(reference)))
-                    else:
-                        counts.changes.append(_write(conn, project, index, answer))
-            except UnknownImage as error:
-                counts.unknown.append(str(error))
-            except Conflict as error:
-                counts.conflicts.append(str(error))
+        index = image_index(conn)
+        for start in range(0, len(tasks), CHUNK):
+            with db.transaction(conn):
+                latest_round = db.last_round_of(conn)
+                for reference, answer in tasks[start : start + CHUNK]:
+                    try:
+                        change = _sync_one(conn, ls_project, index, latest_round, reference, answer, keep, mark)
+                        counts.changes.append(change)
+                    except UnknownImage as error:
+                        counts.unknown.append(str(error))
+                    except UserError as error:  # a Conflict, an unknown class: nothing of this task was written
+                        counts.conflicts.append(str(error))
     return counts
 
 
-def _write(conn: Any, project: Path, index: _Index, record: LabelRecord) -> Change:
-    row = index.find(record)
+def _sync_one(
+    conn: Any,
+    ls_project: int,
+    index: ImageIndex,
+    latest_round: dict[int, int],
+    reference: LabelRecord,
+    answer: LabelRecord | None,
+    keep: Callable[[int], bool] | None,
+    mark: Callable[[int], None] | None,
+) -> Change:
+    row = _find(index, answer or reference)
+    if keep is not None and keep(row.id):
+        current = db.label_of(conn, row.id)
+        label = None if current is None else str(current["label"])
+        return Change(row.id, label, label, "newer")
+    if answer is None:
+        return _remove(conn, ls_project, row, mark)
+    return _write(conn, ls_project, index, latest_round, answer, mark)
+
+
+def _find(index: ImageIndex, record: LabelRecord) -> db.ImageRow:
+    try:
+        return index.find(record)
+    except UserError as error:
+        raise UnknownImage(str(error)) from None
+
+
+def _write(
+    conn: Any,
+    ls_project: int,
+    index: ImageIndex,
+    latest_round: dict[int, int],
+    record: LabelRecord,
+    mark: Callable[[int], None] | None,
+) -> Change:
+    row = _find(index, record)
     current = db.label_of(conn, row.id)
     before = None if current is None else str(current["label"])
     if record.label is None:
         return Change(row.id, before, before, "skipped")
-    if current is not None and current["source"] != SOURCE and before != record.label:
+    if current is not None and not _written_by(current, ls_project) and before != record.label:
         raise Conflict(
-            f"{record.line}: image {row.path} (id {row.id}) is labeled {quoted(before)} by {current['source']}; "
+            f"{record.line}: image {row.path} (id {row.id}) is labeled {quoted(before)} by {_writer(current)}; "
             f"Label Studio's {quoted(record.label)} is not written (lplgrad import --relabel changes it)"
         )
-    counts = _apply(conn, project, [record], relabel=True, on_conflict="newest")
+    ours = replace(record, source=SOURCE, annotator=annotator(ls_project, record.annotator))
+    resolved = resolve_labels(index, [ours], True, "newest", latest_round, current=lambda _: before)
+    if mark is not None:
+        mark(row.id)
+    write_labels(conn, resolved)
+    counts = resolved.counts
     what = "labeled" if counts.labeled else "relabeled" if counts.relabeled else "unchanged"
     return Change(row.id, before, record.label, what)
 
 
-def _remove(conn: Any, row: db.ImageRow) -> Change:
+def _remove(conn: Any, ls_project: int, row: db.ImageRow, mark: Callable[[int], None] | None) -> Change:
     current = db.label_of(conn, row.id)
     if current is None:
         return Change(row.id, None, None, "unchanged")
     before = str(current["label"])
-    if current["source"] != SOURCE:
+    if not _written_by(current, ls_project):
         return Change(row.id, before, before, "kept")
+    if mark is not None:
+        mark(row.id)
     db.restore_label(conn, row.id, None)
     return Change(row.id, before, None, "removed")

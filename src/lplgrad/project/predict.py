@@ -1,4 +1,6 @@
-"""``lplgrad predict``: the project's latest model on any images, streamed in chunks."""
+"""``lplgrad predict``: the project's latest model on any images, streamed in chunks; and what any
+prediction of a model file needs (``frozen_backbone``, ``model_inputs``), shared with
+``project.suggest`` (``lplgrad serve``)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from lplgrad.data.imagefolder import IMAGE_EXTENSIONS, decode_image
 from lplgrad.errors import UserError
-from lplgrad.models.backbones import create_pretrained
+from lplgrad.models.backbones import BackboneSpec, create_pretrained
 from lplgrad.models.model_file import Architecture, load_models
 from lplgrad.models.output import split_output
 from lplgrad.project import db
@@ -34,6 +37,29 @@ def latest_model(project: Path) -> tuple[torch.nn.Module, Architecture]:
     return model, architecture
 
 
+def frozen_backbone(architecture: Architecture) -> tuple[nn.Module, BackboneSpec] | None:
+    """The pretrained backbone a head model reads the features of, built with the name and weights
+    its model file records (not today's settings); None for a network trained from scratch."""
+    if not architecture.feature_channels:
+        return None
+    return create_pretrained(architecture.backbone, 2, architecture.weights)
+
+
+def model_inputs(architecture: Architecture, images: Tensor, backbone: tuple[nn.Module, BackboneSpec] | None) -> Tensor:
+    """What w_main reads of uint8 ``images`` [N, C, H, W]: for a head, the backbone's pooled features
+    (``head_inputs``); else the images scaled to [0, 1] and normalised as the model was trained."""
+    if backbone is not None:
+        return head_inputs(pooled_features(backbone[0], backbone[1], images))
+    mean = torch.tensor(architecture.mean).view(1, -1, 1, 1)
+    std = torch.tensor(architecture.std).view(1, -1, 1, 1)
+    return (images.to(torch.float32, memory_format=torch.contiguous_format) / 255.0 - mean) / std
+
+
+def head_inputs(features: Tensor) -> Tensor:
+    """A head's input of pooled features [N, D] (float16 as cached): float [N, D, 1, 1]."""
+    return features.float()[:, :, None, None]
+
+
 def expand(paths: list[Path]) -> list[Path]:
     """Files as given, and the image files inside folders (recursively)."""
     found: list[Path] = []
@@ -52,13 +78,9 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
     """predictions.csv: path, predicted class, its probability, then one probability column per class."""
     model, architecture = latest_model(project)
     files = expand(paths)
-    classes, size = architecture.classes, architecture.image_size
-    mean = torch.tensor(architecture.mean).view(1, -1, 1, 1)
-    std = torch.tensor(architecture.std).view(1, -1, 1, 1)
-    backbone = None
-    if architecture.feature_channels:  # a head on a frozen backbone: images -> the backbone's features first
-        backbone, spec = create_pretrained(architecture.backbone, 2, architecture.weights)
-        size = spec.image_size
+    classes = architecture.classes
+    backbone = frozen_backbone(architecture)  # a head on a frozen backbone: images -> its features first
+    size = architecture.image_size if backbone is None else backbone[1].image_size
     text = io.StringIO()
     writer = csv_writer(text)
     writer.writerow(["path", "predicted", "confidence", *map(spreadsheet_text, classes)])
@@ -71,11 +93,7 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
             bad = [str(p) for p, a in zip(chunk, arrays, strict=True) if a is None]
             raise UserError(f"cannot decode {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
         images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
-        if backbone is not None:
-            x = pooled_features(backbone, spec, images).float()[:, :, None, None]
-        else:
-            x = (images.to(torch.float32, memory_format=torch.contiguous_format) / 255.0 - mean) / std
-        probabilities = torch.softmax(split_output(model(x))[0], dim=1)
+        probabilities = torch.softmax(split_output(model(model_inputs(architecture, images, backbone)))[0], dim=1)
         confidence, predicted = probabilities.max(dim=1)
         for path, p, c, row in zip(chunk, predicted.tolist(), confidence.tolist(), probabilities.tolist(), strict=True):
             writer.writerow(

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import unicodedata
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,63 +197,108 @@ def import_labels(project: Path, files: list[Path], relabel: bool = False, on_co
         return _apply(conn, project, records, relabel, on_conflict)
 
 
-def _apply(conn: Any, project: Path, records: list[LabelRecord], relabel: bool, on_conflict: str) -> ImportCounts:
-    """Resolve, validate and write ``records`` (inside the caller's transaction; raises before any write)."""
-    names = db.classes(conn)
+@dataclass(frozen=True)
+class ImageIndex:
+    """The project's images by id and by path, and its classes: what ``import`` resolves records
+    against (``image_index``). Built once and passed around, so many records need one read."""
+
+    by_id: dict[int, db.ImageRow]
+    by_path: dict[str, list[db.ImageRow]]
+    names: list[str]
+
+    def find(self, record: LabelRecord) -> db.ImageRow:
+        return _find(record, self.by_id, self.by_path)
+
+
+def image_index(conn: Any) -> ImageIndex:
     rows = db.images(conn)
-    by_id = {row.id: row for row in rows}
     by_path: dict[str, list[db.ImageRow]] = {}
     for row in rows:
         by_path.setdefault(row.path, []).append(row)
         by_path.setdefault(str(row.full_path), []).append(row)
+    return ImageIndex({row.id: row for row in rows}, by_path, db.classes(conn))
+
+
+@dataclass
+class ResolvedLabels:
+    """What ``write_labels`` writes: the decided labels, the relabels to log, the answers that
+    confirmed a label (a review batch's "kept"), and the counts."""
+
+    counts: ImportCounts
+    writes: list[tuple[int, str, str, int | None, str | None, str | None]]
+    relabels: list[tuple[int, str]]
+    confirmed: list[int]
+
+
+def resolve_labels(
+    index: ImageIndex,
+    records: list[LabelRecord],
+    relabel: bool,
+    on_conflict: str,
+    latest_round: dict[int, int],
+    current: Callable[[int], str | None] | None = None,
+) -> ResolvedLabels:
+    """Match, validate and decide ``records`` against ``index`` (no SQL; raises before anything is
+    written). ``latest_round``: ``db.last_round_of``; ``current``: an image's label now, where the
+    index's may be older (default: the index's)."""
+    label_now = current or (lambda image: index.by_id[image].label)
     answers: dict[int, list[LabelRecord]] = {}
     counts = ImportCounts()
     for record in records:
-        row = _find(record, by_id, by_path)
+        row = index.find(record)
         if record.label is None:
             counts.skipped += 1
             continue
-        if record.label not in names:
-            close = difflib.get_close_matches(record.label, names, n=1)
+        if record.label not in index.names:
+            close = difflib.get_close_matches(record.label, index.names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(
-                f"{record.line}: unknown class {quoted(record.label)}{hint}; the classes are {', '.join(names)}"
+                f"{record.line}: unknown class {quoted(record.label)}{hint}; the classes are {', '.join(index.names)}"
             )
         answers.setdefault(row.id, []).append(record)
-    latest_round = db.last_round_of(conn)
-    writes: list[tuple[object, ...]] = []
-    relabels: list[tuple[int, str]] = []
-    confirmed: list[int] = []  # answered with the label they have: a review batch's "kept"
-    batch = db.last_review(conn)
-    reviewed = {item.image.id: item.given for item in db.review_items(conn, batch)} if batch else {}
+    resolved = ResolvedLabels(counts, [], [], [])
     for image, given in answers.items():
         chosen = _resolve_answers(given, on_conflict)
-        current = by_id[image].label
-        if image in reviewed and chosen.label == reviewed[image] and current != chosen.label:
-            # A review batch's label column is pre-filled with the label at review time: a row left
-            # as it was must not undo a correction made since (the page's review mode, another file).
-            log.warning("%s: image %s kept its label %r, changed since the review", chosen.line, image, current)
+        now = label_now(image)
+        if now == chosen.label:
             counts.unchanged += 1
+            resolved.confirmed.append(image)
             continue
-        if current == chosen.label:
-            counts.unchanged += 1
-            confirmed.append(image)
-            continue
-        if current is not None and not relabel:
+        if now is not None and not relabel:
             raise UserError(
-                f"{chosen.line}: image {by_id[image].path} (id {image}) is already labeled {current!r}, "
+                f"{chosen.line}: image {index.by_id[image].path} (id {image}) is already labeled {now!r}, "
                 f"not {chosen.label!r}; add --relabel to change it"
             )
-        if current is None:
+        if now is None:
             counts.labeled += 1
         else:
             counts.relabeled += 1
-            relabels.append((image, str(chosen.label)))
-        writes.append((image, chosen.label, chosen.source, latest_round.get(image), chosen.time, chosen.annotator))
-    db.log_relabels(conn, relabels)  # the old labels are kept, never lost
-    db.decide_latest_review(conn, confirmed, [image for image, _ in relabels])
-    db.set_labels(conn, writes)  # type: ignore[arg-type]
-    return counts
+            resolved.relabels.append((image, str(chosen.label)))
+        resolved.writes.append(
+            (image, str(chosen.label), chosen.source, latest_round.get(image), chosen.time, chosen.annotator)
+        )
+    return resolved
+
+
+def write_labels(conn: Any, resolved: ResolvedLabels) -> None:
+    """Write what ``resolve_labels`` decided (inside the caller's transaction)."""
+    db.log_relabels(conn, resolved.relabels)  # the old labels are kept, never lost
+    db.decide_latest_review(conn, resolved.confirmed, [image for image, _ in resolved.relabels])
+    db.set_labels(conn, resolved.writes)
+
+
+def _apply(
+    conn: Any,
+    project: Path,
+    records: list[LabelRecord],
+    relabel: bool,
+    on_conflict: str,
+    index: ImageIndex | None = None,
+) -> ImportCounts:
+    """Resolve, validate and write ``records`` (inside the caller's transaction; raises before any write)."""
+    resolved = resolve_labels(index or image_index(conn), records, relabel, on_conflict, db.last_round_of(conn))
+    write_labels(conn, resolved)
+    return resolved.counts
 
 
 def _find(record: LabelRecord, by_id: dict[int, db.ImageRow], by_path: dict[str, list[db.ImageRow]]) -> db.ImageRow:

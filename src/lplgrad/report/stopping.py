@@ -33,6 +33,7 @@ class StopOutcome:
     final: float  # mean final accuracy, %
     left: float  # mean final - at stop, points
     worst_left: float  # the largest final - at stop of any trial
+    budget: int  # the final labeled-set size
 
 
 def _trials(rows: list[dict[str, Any]], method: str) -> list[list[dict[str, Any]]]:
@@ -74,6 +75,7 @@ def stop_outcomes(rows: list[dict[str, Any]], methods: list[str], rules: Rules) 
                     float(np.mean(final)),
                     float(left.mean()),
                     float(left.max()),
+                    budget,
                 )
             )
     return out
@@ -126,7 +128,15 @@ def verdict_lines(outcomes: list[StopOutcome]) -> list[str]:
                 f"every trial, at {best.labels:.0f} labels on average ({best.left:+.2f} points left)."
             )
         else:
-            lines.append(f"- {method}: no rule stopped every trial within {WITHIN:.0f} point of the final accuracy.")
+            early = [o for o in outcomes if o.method == method and o.stopped == o.trials and o.labels < o.budget]
+            closest = min(early, key=lambda o: o.worst_left, default=None)
+            nearest = ""
+            if closest:
+                nearest = f" Closest: {closest.rule}, at {closest.labels:.0f} labels, "
+                nearest += f"worst trial {closest.worst_left:+.2f} points."
+            lines.append(
+                f"- {method}: no rule stopped every trial within {WITHIN:.0f} point of the final accuracy.{nearest}"
+            )
     return lines
 
 

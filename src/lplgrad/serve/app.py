@@ -5,15 +5,16 @@ Routes: ``GET /health``, ``POST /setup`` (checks the label config against the pr
 (annotations created, updated, deleted; START_TRAINING) and ``POST /train`` (older Label Studio).
 It speaks no SQL: labels go through ``project.answers``, predictions through ``serve.predictions``,
 rounds through ``serve.learner``. Security as the labeling page's (``web.app``): allowed Host names
-only, JSON bodies of bounded size, work in the thread pool, one-line JSON errors (400, 409 for a
-label another source wrote, 503 for a database problem); optional HTTP Basic auth (``serve.auth``).
-Nothing a request names is read from disk: tasks are matched to registered images only.
+only, JSON bodies of bounded size (``BODY_LIMITS``, read by the page's ``read_json``), work in the
+thread pool, one-line JSON errors (400, 409 for a label another source wrote, 503 for a database
+problem); optional HTTP Basic auth (``serve.auth``). Nothing a request names is read from disk:
+tasks are matched to registered images only. Every request is logged on one line (``RequestLog``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lplgrad.project import db
 from lplgrad.project.settings import DEFAULT_BATCH
@@ -35,11 +37,16 @@ from lplgrad.serve.predictions import predict_tasks
 from lplgrad.serve.protocol import parse_label_config, parse_setup, tasks_of
 from lplgrad.serve.record import Recorder
 from lplgrad.serve.webhook import Connections, Webhooks
-from lplgrad.web.app import LOCAL_HOSTS, SecurityHeaders, _answer
+from lplgrad.web.app import LOCAL_HOSTS, SecurityHeaders, _answer, read_json
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024 * 1024  # bytes: "Retrieve predictions" sends every task in one body (~700 B each)
+SMALL_BODY = 64 * 1024  # bytes of a /setup body: a project id, a label config, a URL and a token
+# Label Studio sends bulk events (ANNOTATIONS_CREATED, TASKS_CREATED) in batches of WEBHOOK_BATCH_SIZE
+# (5000 in 1.23.2) annotations or tasks, about 1.5 kB each with its task; any other webhook is a few kB.
+WEBHOOK_BODY = 16 * 1024 * 1024
+MAX_BODY = 64 * 1024 * 1024  # /predict and /train: "Retrieve predictions" sends every task in one body (~700 B each)
+BODY_LIMITS = {"setup": SMALL_BODY, "webhook": WEBHOOK_BODY, "predict": MAX_BODY, "train": MAX_BODY}
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,8 @@ class ServeOptions:
     train_every: int = 5  # new labels between rounds; 0: only when Label Studio asks
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))
     basic_auth: tuple[str, str] | None = None
-    label_studio_url: str | None = None  # take precedence over what /setup says
-    api_key: str | None = None
+    label_studio_url: str | None = None  # where to call Label Studio back (else the hostname /setup sends)
+    api_key: str | None = None  # the operator's key: needs label_studio_url, and goes only there
     record: Path | None = None
     refresh: bool = True  # after each round, have Label Studio retrieve and select the new predictions
 
@@ -70,7 +77,8 @@ def create_app(project: Path, options: ServeOptions | None = None) -> Starlette:
         return snapshot(project).classes
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "UP", "model_class": "lplgrad", "training": learner.state()})
+        state = {"training": learner.state(), "syncing": hooks.syncing}
+        return JSONResponse({"status": "UP", "model_class": "lplgrad", **state})
 
     def setup(body: dict[str, Any]) -> dict[str, Any]:
         given = parse_setup(body)
@@ -102,7 +110,11 @@ def create_app(project: Path, options: ServeOptions | None = None) -> Starlette:
         route("webhook", hooks.handle),
         route("train", hooks.train_request),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts), Middleware(SecurityHeaders)]
+    middleware = [
+        Middleware(RequestLog),
+        Middleware(TrustedHostMiddleware, allowed_hosts=options.allowed_hosts),
+        Middleware(SecurityHeaders),
+    ]
     if options.basic_auth is not None:
         middleware.append(Middleware(BasicAuth, user=options.basic_auth[0], password=options.basic_auth[1]))
     return Starlette(routes=routes, middleware=middleware)
@@ -114,7 +126,7 @@ async def _serve(
     """Read the request's JSON object (bounded, validated), record it if asked, run ``work`` on it in
     the thread pool; an error is a one-line JSON answer, and a line in the log (Label Studio shows
     only the status code)."""
-    body = await read_json(request)
+    body = await read_json(request, BODY_LIMITS[route])
     if isinstance(body, Response):
         log.warning("%s: refused a request: %s", route, bytes(body.body).decode(errors="replace"))
         return body
@@ -130,21 +142,25 @@ async def _serve(
     return response
 
 
-async def read_json(request: Request, limit: int | None = None) -> dict[str, Any] | Response:
-    """The request's JSON object (at most ``limit`` bytes, default MAX_BODY), or the 4xx response
-    that says why there is none."""
-    limit = MAX_BODY if limit is None else limit
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        return JSONResponse({"error": "expected application/json"}, status_code=415)
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > limit:
-            return JSONResponse({"error": f"the body is over {limit} bytes"}, status_code=413)
-    try:
-        body = json.loads(bytes(raw) or b"{}")
-    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
-        return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-    if not isinstance(body, dict):
-        return JSONResponse({"error": "expected a JSON object"}, status_code=400)
-    return body
+class RequestLog:
+    """One log line per request: method, path, status, milliseconds (uvicorn's own access log is off)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, status = time.monotonic(), [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            elapsed = (time.monotonic() - began) * 1000
+            log.info("%s %s %d (%.0f ms)", scope.get("method"), scope.get("path"), status[0], elapsed)

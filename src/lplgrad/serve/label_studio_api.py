@@ -18,6 +18,7 @@ from lplgrad.errors import UserError, one_line
 
 PAGE = 100  # tasks per page read
 TIMEOUT = 60.0  # seconds per call
+RETRIEVE_TIMEOUT = 900.0  # seconds for "Retrieve predictions": Label Studio answers once every task has one
 
 
 class Refused(UserError):
@@ -51,15 +52,15 @@ class LabelStudio:
         self.key = key
         self._access: str | None = None
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; its JSON answer (None for an empty one)."""
+    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        """One API call (``timeout`` seconds, default TIMEOUT); its JSON answer (None for an empty one)."""
         try:
-            return self._send(method, path, body, self._authorization())
+            return self._send(method, path, body, self._authorization(), timeout)
         except Refused as refused:
             if refused.code != 401 or not is_personal_token(self.key):
                 raise
             self._access = None  # the access token expired: exchange the personal token again
-            return self._send(method, path, body, self._authorization())
+            return self._send(method, path, body, self._authorization(), timeout)
 
     def _authorization(self) -> str:
         if not is_personal_token(self.key):
@@ -71,14 +72,14 @@ class LabelStudio:
             self._access = answer["access"]
         return f"Bearer {self._access}"
 
-    def _send(self, method: str, path: str, body: Any, authorization: str | None) -> Any:
+    def _send(self, method: str, path: str, body: Any, authorization: str | None, timeout: float | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if authorization:
             request.add_header("Authorization", authorization)
         request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # an http(s) URL: check_url
+            with urllib.request.urlopen(request, timeout=timeout or TIMEOUT) as response:  # an http(s) URL: check_url
                 text = response.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as error:
             detail = error.read().decode("utf-8", "replace")[:300]
@@ -125,9 +126,11 @@ class LabelStudio:
 
     def retrieve_predictions(self, project: int) -> None:
         """The Data Manager's "Retrieve predictions" on every task: Label Studio asks the backend's
-        ``/predict`` for the tasks without a prediction of its current model version."""
+        ``/predict`` for the tasks without a prediction of its current model version, and answers
+        when they have one (minutes for a large project: RETRIEVE_TIMEOUT)."""
         everything = {"selectedItems": {"all": True, "excluded": []}}
-        self.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}", everything)
+        path = f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}"
+        self.call("POST", path, everything, RETRIEVE_TIMEOUT)
 
     def select_model_version(self, project: int, version: str) -> None:
         """Make ``version`` the project's model version: the predictions its labeling view shows and

@@ -62,17 +62,21 @@ class Learner:
         """``count`` new labels arrived; a round starts when N have come since the last one."""
         with self._lock:
             self.new_labels += count
-            due = self.every > 0 and self.new_labels >= self.every
+            due = self._due()
         if due:
-            self.train(f"{self.new_labels} new labels")
+            self.train(f"{self.new_labels} new labels", only_if_due=True)
 
-    def train(self, why: str) -> bool:
-        """Start a round now (False: one is running, and this one follows it; or nothing is left)."""
+    def train(self, why: str, only_if_due: bool = False) -> bool:
+        """Start a round now (False: one is running, and this one follows it; or nothing is left).
+        ``only_if_due``: only if N new labels are still waiting, checked under the lock (two webhooks
+        that both reached N start one round, not one and another after it)."""
         left = unlabeled_count(self.project)
         if left == 0:
             log.info("%s: every image is labeled, no round to train", why)
             return False
         with self._lock:
+            if only_if_due and not self._due():
+                return False
             self.trainer.k = min(self.k, left)
             if not self.trainer.start(include_pending=True):
                 self.wanted = True
@@ -82,6 +86,9 @@ class Learner:
         log.info("%s: training a round in the background", why)
         return True
 
+    def _due(self) -> bool:
+        return self.every > 0 and self.new_labels >= self.every
+
     def _after_round(self) -> None:
         if self.trainer.error is None and self.on_round is not None:
             try:
@@ -89,9 +96,10 @@ class Learner:
             except Exception:  # the round is recorded; telling Label Studio is best effort
                 log.exception("after the round")
         with self._lock:
-            again = self.wanted or (self.every > 0 and self.new_labels >= self.every)
+            wanted = self.wanted
+            again = wanted or self._due()
         if again:
-            self.train("labels that came during the last round")
+            self.train("labels that came during the last round", only_if_due=not wanted)
 
     def state(self) -> dict[str, object]:
         return {**self.trainer.state(), "new_labels": self.new_labels, "train_every": self.every}

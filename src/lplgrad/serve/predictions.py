@@ -42,12 +42,15 @@ def predict_tasks(project: Path, model: Model, config: LabelConfig, tasks: list[
     found = [next(matched) if isinstance(r, LabelRecord) else r for r in references]
     rows = [row for row in found if isinstance(row, db.ImageRow)]
     state = snapshot(project)
-    predicted = predict_rows(project, model, config, state, rows)
+    predicted, unreadable = predict_rows(project, model, config, state, rows)
     results: list[Any] = []
     unknown: list[str] = []
     for task, row in zip(tasks, found, strict=True):
         if isinstance(row, str):
             unknown.append(f"task {task.get('id')}: {row}")
+            results.append([])
+        elif row.id in unreadable:
+            unknown.append(f"task {task.get('id')}: {unreadable[row.id]}")
             results.append([])
         else:
             results.append(predicted.get(row.id, []))
@@ -57,17 +60,20 @@ def predict_tasks(project: Path, model: Model, config: LabelConfig, tasks: list[
 
 def predict_rows(
     project: Path, model: Model, config: LabelConfig, state: Snapshot, rows: list[db.ImageRow]
-) -> dict[int, dict[str, Any]]:
-    """image id -> its prediction, for the images there is something to say about: with a model,
-    every one (class and score); without one (a cold start), only the batch's images (a score, no class)."""
-    probabilities = None if state.model_file is None else model.probabilities(state.model_file, rows)
+) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """(image id -> its prediction, image id -> why it has none: its file cannot be read) for the
+    images there is something to say about: with a model, every readable one (the model's class and
+    the score); without one (a cold start), only the batch's images (a score, no class)."""
+    found = None if state.model_file is None else model.probabilities(state.model_file, rows)
     out: dict[int, dict[str, Any]] = {}
     size = len(state.batch)
-    for position, row in enumerate(rows):
-        p = None if probabilities is None else probabilities[position].tolist()
+    for row in rows:
+        p = None if found is None else found.by_image.get(row.id)
+        if found is not None and p is None:
+            continue  # unreadable: no prediction rather than a guess
         score = priority(state.batch.get(row.id), size, p)
         if score is None:
             continue
-        label = None if p is None else state.classes[max(range(len(p)), key=p.__getitem__)]
+        label = None if p is None or found is None else found.classes[max(range(len(p)), key=p.__getitem__)]
         out[row.id] = prediction(config, label, score, state.version)
-    return out
+    return out, {} if found is None else found.unreadable

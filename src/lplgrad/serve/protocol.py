@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import unicodedata
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lplgrad.errors import UserError, quoted
+from lplgrad.project.answers import SOURCE
 from lplgrad.project.exchange import LabelRecord, _full_json_task
 
 MAX_CONFIG = 100_000  # characters of a label config: a real one is a few hundred
@@ -113,19 +114,17 @@ def task_data(task: dict[str, Any], config: LabelConfig) -> dict[str, Any]:
 
 def task_records(task: dict[str, Any], config: LabelConfig, annotations: list[Any] | None = None) -> list[LabelRecord]:
     """One LabelRecord per annotation of a task (a cancelled one has label None), or one with label None
-    for a task nobody answered: ``exchange``'s reading of an exported task, with ``source`` label-studio."""
+    for a task nobody answered: ``exchange``'s reading of an exported task, with ``source`` label-studio.
+    A task of another shape is a UserError that names it (as ``exchange.parse_file`` makes it)."""
     where = f"Label Studio task {quoted(task.get('id'))}"
     given = task.get("annotations") if annotations is None else annotations
     if given is not None and not (isinstance(given, list) and all(isinstance(a, dict) for a in given)):
         raise UserError(f"{where}: annotations must be a list of objects")
-    exported = {"data": task_data(task, config), "annotations": given or []}
-    return [_as_label_studio(r) for r in _full_json_task(exported, where)]
-
-
-def _as_label_studio(record: LabelRecord) -> LabelRecord:
-    return LabelRecord(
-        record.image_id, record.path, record.label, record.annotator, record.time, record.line, "label-studio"
-    )
+    try:
+        exported = {"data": task_data(task, config), "annotations": given or []}
+        return [replace(r, source=SOURCE) for r in _full_json_task(exported, where)]
+    except (AttributeError, TypeError, KeyError) as error:  # e.g. a result whose value is no object
+        raise UserError(f"{where} is not a Label Studio task of the expected shape: {error}") from None
 
 
 def newest_answer(records: list[LabelRecord]) -> LabelRecord | None:
@@ -147,6 +146,15 @@ def prediction(config: LabelConfig, label: str | None, score: float, version: st
     score, and the model version Label Studio files it under."""
     result = [] if label is None else [_choice(config, label)]
     return {"model_version": version, "score": score, "result": result}
+
+
+def new_task(config: LabelConfig, image_id: int, url: str, predicted: dict[str, Any] | None) -> dict[str, Any]:
+    """A task as ``lplgrad push`` imports it: the image's URL under the config's field and its
+    ``lplgrad_id`` (``exchange.label_studio_tasks``' shape), with a ``prediction`` when there is one."""
+    task: dict[str, Any] = {"data": {config.data_key: url, "lplgrad_id": image_id}}
+    if predicted is not None:
+        task["predictions"] = [predicted]
+    return task
 
 
 def _choice(config: LabelConfig, label: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from lplgrad.project.labeling import current_batch
 from lplgrad.project.suggest import Model, images_by_id, snapshot, unlabeled_pool
 from lplgrad.serve.label_studio_api import LabelStudio
 from lplgrad.serve.predictions import predict_rows
-from lplgrad.serve.protocol import parse_label_config, task_data
+from lplgrad.serve.protocol import new_task, parse_label_config, task_data
 
 CHUNK = 1000  # tasks per import call
 
@@ -32,6 +32,7 @@ class Pushed:
     already: int  # images that were tasks of the Label Studio project already
     with_prediction: int
     version: str
+    unreadable: int = 0  # images sent without a prediction: their files cannot be read now
 
 
 def push(
@@ -42,19 +43,14 @@ def push(
     rows = _images(project, everything)
     present = _present(client.tasks(ls_project, annotations=False), config)
     new = [row for row in rows if row.id not in present[0] and row.path not in present[1]]
-    predicted = predict_rows(project, Model(project), config, state, new)
-    tasks: list[dict[str, Any]] = []
-    for row in new:
-        task: dict[str, Any] = {"data": {config.data_key: url_prefix + quote(row.path), "lplgrad_id": row.id}}
-        if row.id in predicted:
-            task["predictions"] = [predicted[row.id]]
-        tasks.append(task)
+    predicted, unreadable = predict_rows(project, Model(project), config, state, new)
+    tasks = [new_task(config, row.id, url_prefix + quote(row.path), predicted.get(row.id)) for row in new]
     for start in range(0, len(tasks), CHUNK):
         client.import_tasks(ls_project, tasks[start : start + CHUNK])
     with_prediction = sum(1 for t in tasks if "predictions" in t)
     if with_prediction:  # the Data Manager's "Prediction score" reads the project's model version only
         client.select_model_version(ls_project, state.version)
-    return Pushed(len(tasks), len(rows) - len(new), with_prediction, state.version)
+    return Pushed(len(tasks), len(rows) - len(new), with_prediction, state.version, len(unreadable))
 
 
 def _images(project: Path, everything: bool) -> list[db.ImageRow]:
