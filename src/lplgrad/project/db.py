@@ -386,6 +386,12 @@ def last_round(conn: sqlite3.Connection, image: int) -> int | None:
     return conn.execute("SELECT MAX(round) FROM queried WHERE image_id = ?", (image,)).fetchone()[0]
 
 
+def temperature_of(conn: sqlite3.Connection, model_file: str) -> float:
+    """The temperature fitted in the round that wrote ``model_file`` (1.0 if none was fitted)."""
+    row = conn.execute("SELECT temperature FROM rounds WHERE model_file = ?", (model_file,)).fetchone()
+    return float(row[0]) if row is not None and row[0] is not None else 1.0
+
+
 def rounds(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(row) for row in conn.execute("SELECT * FROM rounds ORDER BY round")]
 

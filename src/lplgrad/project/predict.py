@@ -21,20 +21,23 @@ from lplgrad.models.output import split_output
 from lplgrad.project import db
 from lplgrad.project.exchange import csv_writer, spreadsheet_text
 from lplgrad.project.images import WORKERS
+from lplgrad.quality.calibration import calibrated
 from lplgrad.runtime.atomic_io import write_atomic
 from lplgrad.train.features import pooled_features
 
 CHUNK = 256
 
 
-def latest_model(project: Path) -> tuple[torch.nn.Module, Architecture]:
-    """w_main of the newest round that trained one, with its architecture (``models.model_file``)."""
+def latest_model(project: Path) -> tuple[torch.nn.Module, Architecture, float]:
+    """w_main of the newest round that trained one, with its architecture (``models.model_file``)
+    and the temperature that calibrates its confidences (``quality.calibration``)."""
     with closing(db.connect(project, readonly=True)) as conn:
         files = [r["model_file"] for r in db.rounds(conn) if r["model_file"]]
+        temperature = db.temperature_of(conn, str(files[-1])) if files else 1.0
     if not files:
         raise UserError(f"{project} has no trained model yet; run lplgrad query after importing some labels")
     model, _, architecture = load_models(project / str(files[-1]))
-    return model, architecture
+    return model, architecture, temperature
 
 
 def frozen_backbone(architecture: Architecture) -> tuple[nn.Module, BackboneSpec] | None:
@@ -76,7 +79,7 @@ def expand(paths: list[Path]) -> list[Path]:
 @torch.no_grad()
 def predict_files(project: Path, paths: list[Path], out: Path) -> int:
     """predictions.csv: path, predicted class, its probability, then one probability column per class."""
-    model, architecture = latest_model(project)
+    model, architecture, temperature = latest_model(project)
     files = expand(paths)
     classes = architecture.classes
     backbone = frozen_backbone(architecture)  # a head on a frozen backbone: images -> its features first
@@ -93,7 +96,8 @@ def predict_files(project: Path, paths: list[Path], out: Path) -> int:
             bad = [str(p) for p, a in zip(chunk, arrays, strict=True) if a is None]
             raise UserError(f"cannot decode {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
         images = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2)
-        probabilities = torch.softmax(split_output(model(model_inputs(architecture, images, backbone)))[0], dim=1)
+        logits = split_output(model(model_inputs(architecture, images, backbone)))[0]
+        probabilities = calibrated(logits, temperature)
         confidence, predicted = probabilities.max(dim=1)
         for path, p, c, row in zip(chunk, predicted.tolist(), confidence.tolist(), probabilities.tolist(), strict=True):
             writer.writerow(

@@ -33,6 +33,7 @@ from lplgrad.project.features import backbone_key
 from lplgrad.project.images import decode
 from lplgrad.project.predict import frozen_backbone, head_inputs, model_inputs
 from lplgrad.project.settings import read_settings
+from lplgrad.quality.calibration import calibrated
 from lplgrad.train.features import pooled_features
 
 CHUNK = 256  # images through the model at once
@@ -101,6 +102,7 @@ class _Loaded:
     spec: BackboneSpec | None = None  # a head's backbone's input size and feature levels
     key: str | None = None  # its features' key in the cache
     backbone: tuple[nn.Module, BackboneSpec] | None = None  # with its weights: built when features are missing
+    temperature: float = 1.0  # fitted in the round that wrote the file: its confidences are calibrated
 
 
 class Model:
@@ -116,6 +118,8 @@ class Model:
             if self._loaded is None or self._loaded.file != model_file:
                 model, _, architecture = load_models(self.project / model_file)
                 loaded = _Loaded(model_file, model, architecture)
+                with closing(db.connect(self.project, readonly=True)) as conn:
+                    loaded.temperature = db.temperature_of(conn, model_file)
                 if architecture.feature_channels:  # the spec only: no weights are read for it
                     _, loaded.spec = create_pretrained(architecture.backbone, 2, "none")
                     config = read_settings(self.project)
@@ -135,7 +139,7 @@ class Model:
 
     @torch.no_grad()
     def probabilities(self, model_file: str, rows: list[db.ImageRow]) -> Probabilities:
-        """The softmax of the model in ``model_file`` on each of these images it can read."""
+        """The temperature-scaled softmax of the model in ``model_file`` on each of these images it can read."""
         loaded = self._get(model_file)
         found: dict[int, list[float]] = {}
         unreadable: dict[int, str] = {}
@@ -147,7 +151,7 @@ class Model:
                 readable, images = _decode_readable(chunk, loaded.architecture.image_size, unreadable)
                 x = model_inputs(loaded.architecture, images, None)
             if readable:
-                p = torch.softmax(split_output(loaded.model(x))[0].float(), dim=1)
+                p = calibrated(split_output(loaded.model(x))[0], loaded.temperature)  # temperature-scaled
                 found.update(zip([row.id for row in readable], p.tolist(), strict=True))
         return Probabilities(list(loaded.architecture.classes), found, unreadable)
 
