@@ -104,7 +104,7 @@ class Criterion:
     name: str
     met: bool
     since: int | None  # the round from which it has been met without a break; None if not met
-    detail: str  # e.g. "kappa 0.995 for 3 rounds (needs >= 0.99 for 3)"
+    detail: str  # e.g. "kappa 0.995, mean of the last 3 0.993 (needs a mean >= 0.99 over 3 rounds)"
 
 
 def _met_each_round(history: Sequence[Signals], name: str, rules: Rules) -> list[bool]:
@@ -196,9 +196,8 @@ def summary(history: Sequence[Signals], rules: Rules) -> str:
     if stable.met:
         parts.append(f"predictions stable since round {stable.since} (kappa {now.kappa:.3f})")
     elif now.kappa is not None:
-        parts.append(
-            f"predictions not yet stable (kappa {now.kappa:.3f}, needs >= {rules.kappa} for {rules.window} rounds)"
-        )
+        mean = f"needs a mean >= {rules.kappa} over {rules.window} rounds"
+        parts.append(f"predictions not yet stable (kappa {now.kappa:.3f}, {mean})")
     if now.accuracy is not None and now.accuracy_low is not None and now.accuracy_high is not None:
         plateau = " (no longer rising measurably)" if states[PLATEAU].met else ""
         parts.append(
