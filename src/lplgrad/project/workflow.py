@@ -15,7 +15,7 @@ import shutil
 import unicodedata
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,7 @@ class ImageIndex:
     by_id: dict[int, db.ImageRow]
     by_path: dict[str, list[db.ImageRow]]
     names: list[str]
+    reviewed: dict[int, str] = field(default_factory=dict)  # image -> its label in the latest review batch
 
     def find(self, record: LabelRecord) -> db.ImageRow:
         return _find(record, self.by_id, self.by_path)
@@ -216,7 +217,9 @@ def image_index(conn: Any) -> ImageIndex:
     for row in rows:
         by_path.setdefault(row.path, []).append(row)
         by_path.setdefault(str(row.full_path), []).append(row)
-    return ImageIndex({row.id: row for row in rows}, by_path, db.classes(conn))
+    batch = db.last_review(conn)
+    reviewed = {item.image.id: item.given for item in db.review_items(conn, batch)} if batch else {}
+    return ImageIndex({row.id: row for row in rows}, by_path, db.classes(conn), reviewed)
 
 
 @dataclass
@@ -260,6 +263,12 @@ def resolve_labels(
     for image, given in answers.items():
         chosen = _resolve_answers(given, on_conflict)
         now = label_now(image)
+        if index.reviewed.get(image) == chosen.label and now != chosen.label:
+            # A review batch's label column is pre-filled with the label at review time: a row left
+            # as it was must not undo a correction made since (the page's review mode, another file).
+            log.warning("%s: image %s kept its label %r, changed since the review", chosen.line, image, now)
+            counts.unchanged += 1
+            continue
         if now == chosen.label:
             counts.unchanged += 1
             resolved.confirmed.append(image)
