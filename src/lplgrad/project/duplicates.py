@@ -91,10 +91,10 @@ def describe(found: Duplicates, images: int, shown: int = 5) -> list[str]:
     """Lines for ``status`` and ``review``: counts, the first pairs by name, and a warning when so many
     images have a near duplicate that the backbone must be seeing different images as alike."""
     kind = "exact or near duplicates" if found.backbone else "exact duplicates (near ones need a pretrained backbone)"
-    lines = [
-        f"{kind}: {len(found.pool_pairs)} pairs in the pool, "
-        f"{len(found.leaks)} test images nearly duplicate a pool image"
-    ]
+    leaked = len({test.id for test, _, _ in found.leaks})
+    pairs = f"{len(found.pool_pairs)} pair{'' if len(found.pool_pairs) == 1 else 's'} in the pool"
+    tests = "1 test image nearly duplicates" if leaked == 1 else f"{leaked} test images nearly duplicate"
+    lines = [f"{kind}: {pairs}, {tests} a pool image"]
     for test, pool, similarity in found.leaks[:shown]:
         lines.append(
             f"  test image {test.path} ~ pool image {pool.path} (cosine {similarity:.3f}): it inflates accuracy"
