@@ -21,3 +21,14 @@ def margin(logits: Tensor) -> Tensor:
 def least_confidence(logits: Tensor) -> Tensor:
     """1 - max_c p_c (Lewis & Gale 1994)."""
     return 1.0 - torch.softmax(logits.float(), dim=1).max(dim=1).values
+
+
+def entropy_logit_gradient_norm(logits: Tensor) -> Tensor:
+    """||dH/dz||_2, the norm of the entropy's gradient with respect to the logits z, in closed form:
+    dH/dz_c = -p_c (log p_c + H). For a linear head z = W h + b the entropy gradient norm over its
+    weights (LPLgrad's score, eq. 8) is ||dH/dz|| x ||[h, 1]||; this is that score without the
+    factor ||[h, 1]||, which makes the gradient norm prefer images with large features."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    p = log_p.exp()
+    h = -(p * log_p).sum(dim=1, keepdim=True)
+    return (p * (log_p + h)).norm(dim=1)

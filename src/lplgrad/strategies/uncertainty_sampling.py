@@ -1,4 +1,5 @@
-"""Uncertainty sampling from the main model's softmax: entropy, margin, least confidence."""
+"""Uncertainty sampling from the main model's softmax: entropy, margin, least confidence, and the
+entropy gradient norm at the logits."""
 
 from __future__ import annotations
 
@@ -50,3 +51,18 @@ class LeastConfidence(Strategy):
 
     def score(self, ctx: QueryContext) -> Tensor:
         return uncertainty.least_confidence(_logits(ctx))
+
+
+@register_strategy
+@dataclass(frozen=True)
+class EntropyLogitGradient(Strategy):
+    """The entropy gradient norm at the logits, ||dH/dz||: ent-gradnorm's score without the feature
+    size. For a linear head on frozen features ent-gradnorm is ||dH/dz|| x ||[h, 1]||, so it prefers
+    images with large features; this keeps only the uncertainty factor (and is cheap: one forward
+    pass, no per-sample gradients)."""
+
+    name = "ent-logitgrad"
+    color = "#98df8a"
+
+    def score(self, ctx: QueryContext) -> Tensor:
+        return uncertainty.entropy_logit_gradient_norm(_logits(ctx))
