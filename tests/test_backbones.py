@@ -8,6 +8,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -22,7 +23,7 @@ from lplgrad.project import db, features, workflow
 from lplgrad.project.query import query
 from lplgrad.scoring.gradnorm import per_sample_grad_norms
 from lplgrad.train.features import pooled_features
-from tests.helpers import CLASSES, make_images, shape_images
+from tests.helpers import CLASSES, make_images, shape_images, write_images
 
 HEAD = {"model.backbone": "efficientnet-lite0", "train.finetune": "head", "device": "cpu", "train.min_steps": 50}
 
@@ -224,3 +225,27 @@ def test_a_project_made_before_backbones_keeps_training_from_scratch(tmp_path) -
     (project / "config.toml").write_text("\n".join(k for k in lines if not k.startswith(("backbone", "finetune"))))
     config = read_settings(project)
     assert (config.model.backbone, config.train.finetune) == ("resnet18", "all")
+
+
+def test_embed_writes_the_backbones_features_of_a_folder_and_of_a_project(tmp_path, capsys) -> None:
+    """``lplgrad embed --backbone``: the pretrained pooled features, no SimCLR; a project's come from
+    (and go to) its feature cache, so a later head round computes none."""
+    root = tmp_path / "photos"
+    write_images(root / "train", {"cat": 5, "dog": 5})
+    write_images(root / "test", {"cat": 2, "dog": 2}, seed=1)
+    out = tmp_path / "folder.npy"
+    common = ["--dataset", f"imagefolder:{root}", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main(["embed", *common, "--backbone", "efficientnet-lite0", "--out", str(out)]) == 0
+    assert np.load(out).shape == (10, 1456) and f"embeddings: {out} (10 x 1456" in capsys.readouterr().out
+    project = tmp_path / "project"
+    shape_images(tmp_path / "pool", 6, seed=0)
+    workflow.init(project, tmp_path / "pool", ["a", "b", "c"], settings={"device": "cpu"})
+    features = tmp_path / "project.npy"
+    assert main(["embed", "--project", str(project), "--backbone", "efficientnet-lite0", "--out", str(features)]) == 0
+    assert np.load(features).shape == (6, 1456)
+    assert len((tmp_path / "project.csv").read_text().splitlines()) == 7  # header + one row per image
+    conn = db.connect(project, readonly=True)
+    assert conn.execute("SELECT COUNT(*) FROM features").fetchone()[0] == 6  # cached for the head's rounds
+    conn.close()
+    assert main(["embed", "--project", str(project), "--backbone", "nope", "--out", str(features)]) == 2
+    assert "unknown backbone 'nope'" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from lplgrad.runtime.atomic_io import StorageError
 from lplgrad.runtime.distributed import launch_rank, launched, peer_failure, process_group
 from lplgrad.selfsup import SimCLRConfig
 from lplgrad.selfsup.embed import embed_pool, embed_project
+from lplgrad.selfsup.pretrained import backbone_pool, backbone_project
 from lplgrad.strategies import list_strategies, strategy_class
 
 # CLI flag -> config key. Flags are applied after --config and before --set.
@@ -134,6 +135,10 @@ def _embed_parser(sub: Any) -> None:
     embed.add_argument("--project", type=Path, help="a labeling project: its pool, image size, width and device")
     embed.add_argument("--config", type=Path, help="TOML file of settings (e.g. a run's config.toml)")
     embed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    embed.add_argument(
+        "--backbone",
+        help="a pretrained backbone (efficientnet-lite0, torchvision:NAME): write its pooled features, no SimCLR",
+    )
     embed.add_argument("--width", type=int, help="ResNet-18 base width of the SimCLR backbone")
     embed.add_argument("--seed", type=int, help="seed of the initialization and the views (default 0)")
     embed.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -277,9 +282,14 @@ def _main(args: argparse.Namespace) -> int:
                         "embed --project uses the project's settings; drop --dataset/--preset/--config/--set"
                     )
                 try:
-                    summary = embed_project(args.project, settings, args.out)
+                    if args.backbone:
+                        summary = backbone_project(args.project, args.backbone, args.out)
+                    else:
+                        summary = embed_project(args.project, settings, args.out)
                 except sqlite3.DatabaseError as error:
                     raise UserError(f"{args.project / 'project.db'}: {damage_hint(error)}") from None
+            elif args.backbone:
+                summary = backbone_pool(config_from_args(args), args.backbone, args.out)
             else:
                 summary = embed_pool(config_from_args(args), settings, args.out)
             images, dims = summary.shape

@@ -35,7 +35,7 @@ class EmbedSummary:
     seconds: float
 
 
-def _check_out(out: Path) -> Path:
+def check_out(out: Path) -> Path:
     if launched():
         raise UserError("embed runs in one process; start it without torchrun")
     out = out.expanduser()
@@ -49,7 +49,7 @@ def _check_out(out: Path) -> Path:
 def embed_pool(config: RunConfig, simclr: SimCLRConfig, out: Path) -> EmbedSummary:
     """Train SimCLR on the pool of ``config``'s dataset (the backbone's width and stem follow
     ``model``) and write the features of every training image to ``out`` (.npy)."""
-    out = _check_out(out)
+    out = check_out(out)
     start = time.perf_counter()
     return _embed(load_dataset(config.data), config, simclr, out, start)
 
@@ -57,7 +57,7 @@ def embed_pool(config: RunConfig, simclr: SimCLRConfig, out: Path) -> EmbedSumma
 def embed_project(project: Path, simclr: SimCLRConfig, out: Path) -> EmbedSummary:
     """The same for a labeling project's pool (its unlabeled and labeled images, decoded at the
     project's image size; memory: images x 3 x size^2 bytes), indexed by each image's full path."""
-    out = _check_out(out)
+    out = check_out(out)
     start = time.perf_counter()
     db.require_project(project)
     with closing(db.connect(project, readonly=True)) as conn:
