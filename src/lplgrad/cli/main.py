@@ -125,10 +125,11 @@ def _embed_parser(sub: Any) -> None:
     embed = sub.add_parser(
         "embed",
         allow_abbrev=False,
-        help="learn self-supervised features of the training pool (SimCLR) for typiclust / probcover",
-        description="Train SimCLR on the training images of a run's dataset (no labels read) and write their "
-        "features: FILE.npy, rows in the pool's order, and for image folders and labeling projects FILE.csv "
-        "(path,row). Use them with --set active.embeddings=FILE.npy (and active.embeddings_index=FILE.csv).",
+        help="features of the training pool for typiclust / probcover: SimCLR, or a pretrained backbone's (--backbone)",
+        description="Train SimCLR on the training images of a run's dataset (no labels read), or with --backbone "
+        "take a pretrained backbone's pooled features, and write them: FILE.npy, rows in the pool's order, and for "
+        "image folders and labeling projects FILE.csv (path,row). Use them with --set active.embeddings=FILE.npy "
+        "(and active.embeddings_index=FILE.csv).",
     )
     embed.add_argument("--dataset", help=f"one of: {', '.join(list_datasets())} (default digits)")
     embed.add_argument("--preset", help="a shipped preset: its dataset, width and device")
