@@ -107,6 +107,11 @@ def test_near_duplicates_within_and_between_sets_in_any_chunk_size() -> None:
     assert {(int(i), int(j)) for i, j in zip(between.first, between.second, strict=True)} == {(0, 7), (0, 20)}
     same = torch.ones(6, 8)  # six identical images: 15 pairs, at most 2 kept per first image
     assert len(top_neighbours(near_duplicates(same, threshold=0.97), per_row=2)) == 2 + 2 + 2 + 2 + 1
+    bounded = near_duplicates(same, same, threshold=0.97, per_row=3, chunk=4)  # 3 per row, not 6
+    assert len(bounded) == 18 and bool((bounded.similarity >= 0.97).all())
+    top2 = near_duplicates(features, features, threshold=0.97, per_row=2)  # itself and its copy, if any
+    partners = {(int(i), int(j)) for i, j in zip(top2.first, top2.second, strict=True) if i != j}
+    assert partners == {(3, 10), (10, 3), (7, 20), (20, 7)}
 
 
 def history(kappas: list[float | None], accuracies: list[float], n: int = 2000) -> list[Signals]:

@@ -30,7 +30,8 @@ def compare_pending(conn: Any, backbone: str, dims: int, block: int = 4096) -> N
         found: list[tuple[int, str, float]] = []
         for page in db.feature_pages(conn, backbone):
             others = [sha for sha, _ in page]
-            pairs = near_duplicates(vectors, _matrix([v for _, v in page], dims), FLOOR)
+            # one more than kept: a vector's own row in the page is among its most similar
+            pairs = near_duplicates(vectors, _matrix([v for _, v in page], dims), FLOOR, per_row=NEIGHBOURS + 1)
             not_self = [
                 k
                 for k, (i, j) in enumerate(zip(pairs.first.tolist(), pairs.second.tolist(), strict=True))

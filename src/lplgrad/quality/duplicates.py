@@ -43,10 +43,16 @@ def _unit(features: Tensor) -> Tensor:
 
 
 def near_duplicates(
-    features: Tensor, others: Tensor | None = None, threshold: float = THRESHOLD, chunk: int = CHUNK
+    features: Tensor,
+    others: Tensor | None = None,
+    threshold: float = THRESHOLD,
+    chunk: int = CHUNK,
+    per_row: int | None = None,
 ) -> Pairs:
     """Pairs of near duplicates within ``features`` [N, D] (i < j), or between ``features`` and
-    ``others`` [M, D] (i in features, j in others) when given."""
+    ``others`` [M, D] (i in features, j in others) when given. With ``per_row``, only each row's
+    ``per_row`` most similar are considered: where many images look alike the pairs stay bounded
+    (rows x per_row), never rows x M."""
     a = _unit(features)
     b = a if others is None else _unit(others)
     firsts, seconds, sims = [], [], []
@@ -55,10 +61,16 @@ def near_duplicates(
         if others is None:  # each pair once, never an image with itself
             rows = torch.arange(start, start + similarity.shape[0]).unsqueeze(1)
             similarity = similarity.masked_fill(torch.arange(b.shape[0]).unsqueeze(0) <= rows, -2.0)
-        i, j = (similarity >= threshold).nonzero(as_tuple=True)
+        if per_row is None:
+            i, j = (similarity >= threshold).nonzero(as_tuple=True)
+            values = similarity[i, j]
+        else:
+            best, at = similarity.topk(min(per_row, similarity.shape[1]), dim=1)
+            i, column = (best >= threshold).nonzero(as_tuple=True)
+            j, values = at[i, column], best[i, column]
         firsts.append(i + start)
         seconds.append(j)
-        sims.append(similarity[i, j])
+        sims.append(values)
     if not firsts:
         empty = torch.empty(0, dtype=torch.long)
         return Pairs(empty, empty, torch.empty(0))
