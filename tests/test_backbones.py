@@ -127,8 +127,9 @@ def test_the_feature_cache_resumes_after_a_kill_and_recomputes_a_changed_image(h
     ("settings", "message"),
     [
         (["--set", "model.backbone=vgg"], "unknown backbone 'vgg'"),
-        (["--set", "model.backbone=efficientnet-lite0"], "set train.finetune = head"),
-        (["--set", "train.finetune=head"], "needs a pretrained backbone"),
+        (["--set", "train.finetune=head"], "freezes pretrained weights; resnet18 trains from scratch"),
+        (["--set", "train.finetune=last"], "freezes pretrained weights; resnet18 trains from scratch"),
+        (["--set", "model.backbone=efficientnet-lite0", "--set", "train.finetune=some"], "must be head, last or all"),
         (["--set", "model.weights=imagenet"], "resnet18 trains from scratch"),
     ],
 )

@@ -60,7 +60,9 @@ class TrainConfig:
     schedule: str = "multistep"  # multistep (x gamma at the milestones) | cosine (lr to 0 over all steps)
     label_smoothing: float = 0.0  # of the main model's cross-entropy (w_aux still ranks the plain CE)
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over the whole batch, not a shard
-    finetune: str = "all"  # all: train every weight | head: a linear head on the frozen backbone's cached features
+    # all: train every weight | head: a linear head on the frozen backbone's cached features |
+    # last: its last stage and the head on its frozen trunk's cached output (models/last_stage.py)
+    finetune: str = "all"
 
 
 @dataclass
@@ -359,16 +361,14 @@ def _check_backbone(config: RunConfig) -> None:
         raise UserError(
             f"unknown backbone {backbone!r}; choose one of: resnet18, efficientnet-lite0, torchvision:NAME (a ResNet)"
         )
-    if finetune not in ("all", "head"):
-        raise UserError(f"train.finetune must be all or head, got {finetune!r}")
+    if finetune not in ("all", "head", "last"):
+        raise UserError(f"train.finetune must be head, last or all, got {finetune!r}")
     if backbone == "resnet18" and config.model.weights not in ("default", "none"):
         raise UserError("resnet18 trains from scratch (model.weights = none); pretrained: efficientnet-lite0")
-    if backbone == "resnet18" and finetune == "head":
-        raise UserError("train.finetune = head needs a pretrained backbone, e.g. model.backbone = efficientnet-lite0")
-    if backbone != "resnet18" and finetune != "head":
+    if backbone == "resnet18" and finetune != "all":
         raise UserError(
-            f"{backbone} is used frozen, with a linear head on its cached features: set train.finetune = head "
-            "(fine-tuning its stages is not built yet)"
+            f"train.finetune = {finetune} freezes pretrained weights; resnet18 trains from scratch (all), "
+            "a pretrained backbone is e.g. model.backbone = efficientnet-lite0"
         )
 
 

@@ -55,6 +55,9 @@ class Dataset:
     # Non-empty when the "images" are a frozen backbone's pooled features [N, sum(C_k), 1, 1]
     # (train.finetune = head): the channels of each of its four feature levels.
     feature_channels: tuple[int, ...] = ()
+    # Non-empty when each row is instead a frozen trunk's output (train.finetune = last): the first
+    # three levels pooled, then the last stage's input map of this (C, h, w), flattened.
+    trunk_map: tuple[int, ...] = ()
     _mean: Tensor = field(init=False, repr=False, compare=False)  # [1, C, 1, 1] on the data's device
     _std: Tensor = field(init=False, repr=False, compare=False)
 

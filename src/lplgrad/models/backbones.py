@@ -17,6 +17,7 @@ its weights expect.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ def _lite0(num_classes: int, weights: str) -> tuple[nn.Module, BackboneSpec]:
     return model, BackboneSpec("efficientnet-lite0", 224, mean, std, tuple(model.feature_channels))
 
 
+@functools.cache  # every round of a cached mode builds the backbone again: read the 18.8 MB file once
 def _lite0_imagenet() -> dict[str, Tensor]:
     spec = importlib.util.find_spec(LITE0_WHEEL)
     if spec is None or spec.origin is None:
@@ -81,13 +83,23 @@ class TorchvisionResNet(nn.Module):
         self.fc = net.fc
         self.feature_channels = [_out_channels(layer) for layer in self.layers]
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def trunk(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """layer1..layer3's outputs (w_aux's first three levels); the third is also layer4's input."""
         x = self.stem(x)
-        features = []
-        for layer in self.layers:
+        taps = []
+        for layer in self.layers[:-1]:
             x = layer(x)
-            features.append(x)
-        return ModelOutput(self.fc(x.mean(dim=(2, 3))), features)
+            taps.append(x)
+        return taps, x
+
+    def last_stage(self) -> nn.Module:
+        """layer4, what ``train.finetune = last`` trains with the classifier."""
+        return self.layers[-1]
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        taps, x = self.trunk(x)
+        x = self.layers[-1](x)
+        return ModelOutput(self.fc(x.mean(dim=(2, 3))), [*taps, x])
 
 
 def _out_channels(layer: Any) -> int:
@@ -167,3 +179,9 @@ def create_pretrained(name: str, num_classes: int, weights: str) -> tuple[nn.Mod
     if name.startswith("torchvision:"):
         return _torchvision(name.split(":", 1)[1], num_classes, weights)
     raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+
+
+@functools.cache
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of backbone ``name`` without reading any weights, built once per process."""
+    return create_pretrained(name, 2, "none")[1]

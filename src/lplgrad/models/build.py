@@ -1,4 +1,10 @@
-"""Building the models of a round: w_main (ResNet-18, its stem chosen by the image size) and w_aux."""
+"""Building the models of a round: w_main and w_aux, by ``model.backbone`` and ``train.finetune``.
+
+- resnet18 (from scratch, ``finetune = all``): ResNet-18, its stem chosen by the image size.
+- a pretrained backbone, ``finetune = head``: a linear head on its cached pooled features.
+- ``finetune = last``: its last stage and classifier (pretrained weights) on its trunk's cached output.
+- ``finetune = all``: the whole pretrained backbone on images, resized to its input size.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,8 @@ from torch import nn
 
 from lplgrad.config.schema import RunConfig
 from lplgrad.data import Dataset
-from lplgrad.models.head import FeatureHead
 from lplgrad.models.loss_module import LossPredictionModule
-from lplgrad.models.model_file import Architecture
-from lplgrad.models.resnet import ResNet18
+from lplgrad.models.model_file import Architecture, main_model
 
 
 def model_stem(config: RunConfig, height: int) -> str:
@@ -19,17 +23,11 @@ def model_stem(config: RunConfig, height: int) -> str:
 
 
 def build_models(config: RunConfig, dataset: Dataset, seed: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Seeded w_main and w_aux (its loss prediction module), on ``device``: ResNet-18 (stem by image
-    size) on images, or, on a frozen backbone's cached features (``train.finetune = head``), a
-    linear head whose w_aux reads the backbone's four pooled feature levels."""
+    """Seeded w_main and w_aux (its loss prediction module), on ``device``, as the module docstring
+    lists; a pretrained backbone's weights (``model.weights``) are loaded under a seeded new classifier."""
     with torch.random.fork_rng(devices=[]):  # seeds the initialization without touching the caller's generator
         torch.manual_seed(seed)
-        model: nn.Module
-        if dataset.feature_channels:
-            model = FeatureHead(list(dataset.feature_channels), dataset.num_classes)
-        else:
-            stem = model_stem(config, dataset.image_shape[1])
-            model = ResNet18(dataset.num_classes, dataset.image_shape[0], config.model.width, stem)  # type: ignore[arg-type]
+        model = main_model(architecture(config, dataset), config.model.weights)
         aux_model = LossPredictionModule(model.feature_channels, config.model.aux_hidden)
     return model.to(device), aux_model.to(device)
 
@@ -48,4 +46,5 @@ def architecture(config: RunConfig, dataset: Dataset) -> Architecture:
         backbone=config.model.backbone,
         weights=config.model.weights,
         feature_channels=list(dataset.feature_channels),
+        trunk_map=list(dataset.trunk_map),
     )

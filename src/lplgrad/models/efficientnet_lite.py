@@ -12,6 +12,10 @@ ImageNet weights converted from TensorFlow), so those weights load as they are, 
 classifier, ``fc`` here as in ``ResNet18`` (the strategies that read the classifier find it so). Like
 ``ResNet18`` the forward pass returns the logits and four feature maps (strides 4, 8, 16, 32) for
 w_aux, the loss prediction module.
+
+``train.finetune = last`` trains the last stage and the head of Table 1 (stage 8, the one 320-channel
+MBConv block, and stage 9, the 1x1 convolution to 1,280 channels) with the classifier: ``trunk`` is
+everything before it, frozen, and ``last_stage`` the part that trains (``models/last_stage.py``).
 """
 
 from __future__ import annotations
@@ -98,18 +102,38 @@ class EfficientNetLite0(nn.Module):
         self.fc = nn.Linear(HEAD, num_classes)  # the wheel's _fc (``load_wheel_state`` renames it)
         self.feature_channels = [STAGES[1][4], STAGES[2][4], STAGES[4][4], HEAD]
 
-    def features(self, x: Tensor) -> list[Tensor]:
-        """The four feature maps w_aux reads: strides 4, 8, 16 and 32 (the head's 1,280 channels)."""
+    def trunk(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The first three feature maps w_aux reads (strides 4, 8, 16) and the last stage's input
+        (stage 7's output: 192 channels at stride 32)."""
         x = F.relu6(self._bn0(self._conv_stem(self._pad_stem(x))))
         taps = []
-        for index, block in enumerate(self._blocks):
+        for index, block in enumerate(self._blocks[:-1]):
             x = block(x)
             if index in TAPS:
                 taps.append(x)
-        taps.append(F.relu6(self._bn1(self._conv_head(x))))
-        return taps
+        return taps, x
+
+    def last_stage(self) -> nn.Module:
+        """Stages 8 and 9 as one module (sharing these weights): the trunk's output -> the head's map."""
+        return LiteLastStage(self._blocks[-1], self._conv_head, self._bn1)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The four feature maps w_aux reads: strides 4, 8, 16 and 32 (the head's 1,280 channels)."""
+        taps, x = self.trunk(x)
+        return [*taps, F.relu6(self._bn1(self._conv_head(self._blocks[-1](x))))]
 
     def forward(self, x: Tensor) -> ModelOutput:
         features = self.features(x)
         pooled = features[-1].mean(dim=(2, 3))
         return ModelOutput(self.fc(self._dropout(pooled)), features)
+
+
+class LiteLastStage(nn.Module):
+    """EfficientNet-Lite0's stages 8 and 9: the last MBConv block and the 1x1 head convolution."""
+
+    def __init__(self, block: nn.Module, conv_head: nn.Module, bn: nn.Module) -> None:
+        super().__init__()
+        self.block, self.conv_head, self.bn = block, conv_head, bn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(self.bn(self.conv_head(self.block(x))))

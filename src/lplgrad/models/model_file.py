@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from lplgrad.errors import UserError
+from lplgrad.models.backbones import create_pretrained
 from lplgrad.models.head import FeatureHead
+from lplgrad.models.last_stage import LastStageHead
 from lplgrad.models.loss_module import LossPredictionModule
+from lplgrad.models.pretrained_input import PretrainedInput
 from lplgrad.models.resnet import ResNet18
 from lplgrad.runtime.atomic_io import save_atomic
 
@@ -40,6 +43,33 @@ class Architecture:
     backbone: str = "resnet18"
     weights: str = "none"
     feature_channels: list[int] = field(default_factory=list)  # non-empty: a head on a frozen backbone
+    trunk_map: list[int] = field(default_factory=list)  # non-empty: its last stage on the trunk's output
+
+
+MainModel = FeatureHead | LastStageHead | PretrainedInput | ResNet18
+
+
+def main_model(architecture: Architecture, weights: str) -> MainModel:
+    """w_main for ``architecture``, a pretrained backbone's weights read from ``weights`` (``none``
+    when a model file's state is loaded over them):
+
+    - ``trunk_map``: the backbone's last stage and classifier on its frozen trunk's cached output;
+    - ``feature_channels``: a linear head on its cached pooled features;
+    - another backbone than resnet18: the whole pretrained backbone on images, resized to its size;
+    - resnet18: ResNet-18 from scratch, at the data's size.
+    """
+    classes = len(architecture.classes)
+    if architecture.trunk_map:
+        net, _ = create_pretrained(architecture.backbone, classes, weights)
+        dropout = getattr(net, "_dropout", nn.Identity())
+        trunk_map = tuple(architecture.trunk_map)
+        return LastStageHead(net.last_stage(), net.fc, dropout, architecture.feature_channels, trunk_map)  # type: ignore[operator, arg-type]
+    if architecture.feature_channels:
+        return FeatureHead(architecture.feature_channels, classes)
+    if architecture.backbone != "resnet18":
+        net, spec = create_pretrained(architecture.backbone, classes, weights)
+        return PretrainedInput(net, spec, architecture.mean, architecture.std)
+    return ResNet18(classes, architecture.channels, architecture.width, architecture.stem)  # type: ignore[arg-type]
 
 
 def model_state(model: nn.Module, aux_model: nn.Module, architecture: Architecture) -> dict[str, Any]:
@@ -55,11 +85,7 @@ def model_state(model: nn.Module, aux_model: nn.Module, architecture: Architectu
 def models_from_state(state: dict[str, Any]) -> tuple[nn.Module, nn.Module, Architecture]:
     """w_main and w_aux rebuilt from ``model_state``'s dict (CPU, eval mode), with their architecture."""
     architecture = Architecture(**state["architecture"])
-    model: nn.Module
-    if architecture.feature_channels:
-        model = FeatureHead(architecture.feature_channels, len(architecture.classes))
-    else:
-        model = ResNet18(len(architecture.classes), architecture.channels, architecture.width, architecture.stem)  # type: ignore[arg-type]
+    model = main_model(architecture, "none")
     aux_model = LossPredictionModule(model.feature_channels, architecture.aux_hidden)
     model.load_state_dict(state["model"])
     aux_model.load_state_dict(state["aux_model"])

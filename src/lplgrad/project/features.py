@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lplgrad.config.schema import RunConfig
 from lplgrad.experiment.runner import resolve_device
-from lplgrad.models.backbones import BackboneSpec, create_pretrained
+from lplgrad.models.backbones import BackboneSpec, backbone_spec, create_pretrained
 from lplgrad.project import db
 from lplgrad.project.duplicates import compare_pending
 from lplgrad.project.images import decode
@@ -41,7 +41,7 @@ def project_features(
 ) -> tuple[Tensor, BackboneSpec]:
     """float16 [len(rows), sum(C_k)] of these images, computing (and storing) only the missing ones,
     and the backbone's spec (its four feature levels split a row)."""
-    _, spec = create_pretrained(config.model.backbone, 2, "none")  # the spec; weights only when needed
+    spec = backbone_spec(config.model.backbone)  # weights only when some features are missing
     key = backbone_key(config, spec.image_size)
     stored = db.cached_features(conn, key, [row.sha256 for row in rows])  # type: ignore[arg-type]
     missing = list({row.sha256: row for row in rows if row.sha256 not in stored}.values())

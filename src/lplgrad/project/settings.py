@@ -51,12 +51,23 @@ def resolve_settings(values: dict[str, Any]) -> RunConfig:
     given = [key for key in values if key in BENCHMARK_KEYS]
     if given:
         raise UserError(f"{', '.join(sorted(given))}: not a setting of a labeling project (only `lplgrad run` uses it)")
-    return resolve({**PROJECT_DEFAULTS, **values})
+    return _check_mode(resolve({**PROJECT_DEFAULTS, **values}))
 
 
 def read_settings(project: Path) -> RunConfig:
     values = upgrade_project_settings(read_toml(project / CONFIG_FILE))
-    return resolve({**PROJECT_DEFAULTS, **{k: v for k, v in values.items() if k not in BENCHMARK_KEYS}})
+    return _check_mode(resolve({**PROJECT_DEFAULTS, **{k: v for k, v in values.items() if k not in BENCHMARK_KEYS}}))
+
+
+def _check_mode(config: RunConfig) -> RunConfig:
+    """A project trains a pretrained backbone's head on its feature cache, or ResNet-18 from scratch:
+    its cache, predictions, review and server read pooled features or images, not a trunk's maps."""
+    if config.model.backbone != "resnet18" and config.train.finetune != "head":
+        raise UserError(
+            f"train.finetune = {config.train.finetune} with a pretrained backbone runs in `lplgrad run`; "
+            "a labeling project uses train.finetune = head (or model.backbone = resnet18, from scratch)"
+        )
+    return config
 
 
 def write_settings(project: Path, config: RunConfig) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from lplgrad.errors import UserError
 from lplgrad.experiment.runner import resolve_device
-from lplgrad.models.backbones import BackboneSpec, create_pretrained
+from lplgrad.models.backbones import BackboneSpec, backbone_spec
 from lplgrad.models.model_file import Architecture, load_models
 from lplgrad.models.output import split_output
 from lplgrad.project import db
@@ -121,7 +121,7 @@ class Model:
                 with closing(db.connect(self.project, readonly=True)) as conn:
                     loaded.temperature = db.temperature_of(conn, model_file)
                 if architecture.feature_channels:  # the spec only: no weights are read for it
-                    _, loaded.spec = create_pretrained(architecture.backbone, 2, "none")
+                    loaded.spec = backbone_spec(architecture.backbone)
                     config = read_settings(self.project)
                     named = replace(config.model, backbone=architecture.backbone, weights=architecture.weights)
                     loaded.key = backbone_key(replace(config, model=named), loaded.spec.image_size)

@@ -1,9 +1,12 @@
-"""A frozen backbone's features of a set of images, computed a chunk at a time (``train.finetune = head``).
+"""A frozen backbone's features of a set of images, computed a chunk at a time (the cached modes).
 
 Each image is scaled to [0, 1], resized to the backbone's input size (bilinear, antialiased, on the
 device, a batch at a time), normalised as its weights expect, and passed through the backbone in
-eval mode; each of its four feature maps is globally average-pooled and the four are concatenated:
-float16 [N, sum(C_k)]. Memory is bounded by the batch, never the number of images.
+eval mode. ``train.finetune = head``: each of its four feature maps is globally average-pooled and
+the four are concatenated, float16 [N, sum(C_k)]. ``train.finetune = last``: only the frozen trunk
+runs; its first three levels pooled, then the last stage's input map flattened, float16
+[N, C_1 + C_2 + C_3 + C*h*w] (``models/last_stage.py`` reads it). Memory is bounded by the batch,
+never the number of images.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from lplgrad.runtime.atomic_io import save_atomic
 log = logging.getLogger(__name__)
 
 
+CUTS = ("head", "last")  # what is frozen and cached: the whole backbone, or all but its last stage
+
+
 @torch.no_grad()
 def pooled_features(
     backbone: nn.Module,
@@ -33,8 +39,10 @@ def pooled_features(
     images: Tensor,
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
+    cut: str = "head",
 ) -> Tensor:
-    """float16 [N, sum(C_k)] (CPU) of uint8 ``images`` [N, C, H, W]; ``on_batch`` gets each batch's size."""
+    """float16 [N, D] (CPU) of uint8 ``images`` [N, C, H, W], D as ``cut`` says (``row_size``);
+    ``on_batch`` gets each batch's size."""
     device = next(backbone.parameters()).device
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
@@ -50,13 +58,42 @@ def pooled_features(
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (spec.image_size, spec.image_size):
             x = F.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
-        _, maps = split_output(backbone(((x - mean) / std).contiguous(memory_format=torch.channels_last)))
-        assert maps is not None  # every registered backbone returns its feature maps
-        parts.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).half().cpu())
+        parts.append(_row(backbone, ((x - mean) / std).contiguous(memory_format=torch.channels_last), cut))
         if on_batch is not None:
             on_batch(x.shape[0])
     backbone.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, sum(spec.feature_channels), dtype=torch.float16)
+    if parts:
+        return torch.cat(parts)
+    return torch.zeros(0, row_size(backbone, spec, cut), dtype=torch.float16)
+
+
+def _row(backbone: nn.Module, x: Tensor, cut: str) -> Tensor:
+    if cut == "head":
+        _, maps = split_output(backbone(x))
+        assert maps is not None  # every registered backbone returns its feature maps
+        return torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).half().cpu()
+    taps, trunk_map = backbone.trunk(x)  # type: ignore[operator]
+    pooled = [m.mean(dim=(2, 3)) for m in taps]
+    return torch.cat([*pooled, trunk_map.flatten(1)], dim=1).half().cpu()
+
+
+def trunk_map_shape(backbone: nn.Module, spec: BackboneSpec) -> tuple[int, int, int]:
+    """(C, h, w) of the last stage's input at the backbone's input size (one zero image through the trunk)."""
+    weight = next(backbone.parameters())
+    was_training = backbone.training
+    with torch.no_grad():
+        backbone.eval()
+        zero = torch.zeros(1, 3, spec.image_size, spec.image_size, device=weight.device, dtype=weight.dtype)
+        _, trunk_map = backbone.trunk(zero)  # type: ignore[operator]
+        backbone.train(was_training)
+    return tuple(int(n) for n in trunk_map.shape[1:])  # type: ignore[return-value]
+
+
+def row_size(backbone: nn.Module, spec: BackboneSpec, cut: str) -> int:
+    if cut == "head":
+        return sum(spec.feature_channels)
+    c, h, w = trunk_map_shape(backbone, spec)
+    return sum(spec.feature_channels[:-1]) + c * h * w
 
 
 def features_dataset(dataset: Dataset, backbone: nn.Module, spec: BackboneSpec, batch_size: int = 64) -> Dataset:
@@ -67,16 +104,22 @@ def features_dataset(dataset: Dataset, backbone: nn.Module, spec: BackboneSpec, 
     return _with_features(dataset, spec, train, test)
 
 
-def cached_features_dataset(dataset: Dataset, backbone_name: str, weights: str, cache_dir: Path) -> Dataset:
-    """``features_dataset`` of a benchmark's images, computed once: cached under ``cache_dir`` in a
-    file keyed by the images' bytes, the backbone and its weights, so a second run (another strategy,
-    a resume) reads them in a second. A changed image, backbone or weights file is a new key."""
+def cached_features_dataset(
+    dataset: Dataset, backbone_name: str, weights: str, cache_dir: Path, cut: str = "head"
+) -> Dataset:
+    """``features_dataset`` of a benchmark's images (``cut``: what is frozen), computed once: cached
+    under ``cache_dir`` in a file keyed by the images' bytes, the backbone, its weights and the cut,
+    so a second run (another strategy, a resume) reads them in a second. A changed image, backbone
+    or weights file is a new key."""
     backbone, spec = create_pretrained(backbone_name, dataset.num_classes, weights)
     key = hashlib.sha256()
     for part in (dataset.train.images, dataset.test.images):
         key.update(part.cpu().contiguous().numpy().tobytes())
     key.update(f"{spec.name}|{weights}|{_weights_identity(weights)}|{spec.image_size}".encode())
-    path = cache_dir / f"features-{spec.name.replace(':', '_')}-{key.hexdigest()[:16]}.pt"
+    if cut != "head":  # head-mode files keep the key they always had
+        key.update(f"|{cut}".encode())
+    kind = "features" if cut == "head" else f"trunk-{cut}"
+    path = cache_dir / f"{kind}-{spec.name.replace(':', '_')}-{key.hexdigest()[:16]}.pt"
     device = dataset.train.images.device
     if path.is_file():
         train, test = torch.load(path, map_location="cpu", weights_only=True)
@@ -89,10 +132,11 @@ def cached_features_dataset(dataset: Dataset, backbone_name: str, weights: str, 
             path,
         )
         backbone.to(device)
-        train = pooled_features(backbone, spec, dataset.train.images)
-        test = pooled_features(backbone, spec, dataset.test.images)
+        train = pooled_features(backbone, spec, dataset.train.images, cut=cut)
+        test = pooled_features(backbone, spec, dataset.test.images, cut=cut)
         save_atomic(path, (train, test))
-    return _with_features(dataset, spec, train, test)
+    trunk_map = trunk_map_shape(backbone, spec) if cut == "last" else ()
+    return replace(_with_features(dataset, spec, train, test), trunk_map=trunk_map)
 
 
 def _weights_identity(weights: str) -> str:

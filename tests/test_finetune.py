@@ -1,0 +1,147 @@
+"""``train.finetune = last | all`` with a pretrained backbone: the last stage trained on the trunk's
+cached output is the whole backbone with its trunk frozen, its gradient norms are over the trainable
+weights only, ``all`` trains every weight on resized images, and both rebuild from a model file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lplgrad.cli.main import main
+from lplgrad.config.schema import resolve
+from lplgrad.errors import UserError
+from lplgrad.models.backbones import BackboneSpec, create_pretrained
+from lplgrad.models.build import architecture, build_models
+from lplgrad.models.last_stage import LastStageHead
+from lplgrad.models.model_file import model_state, models_from_state
+from lplgrad.models.pretrained_input import PretrainedInput
+from lplgrad.project.settings import resolve_settings
+from lplgrad.scoring.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
+from lplgrad.train.features import pooled_features, trunk_map_shape
+from tests.helpers import make_dataset, write_images
+
+SIZE = 64  # the backbone's input size in these tests (224 by default), to keep them fast
+
+
+def _lite0(weights: str = "imagenet", classes: int = 4) -> tuple[torch.nn.Module, BackboneSpec]:
+    torch.manual_seed(0)
+    net, spec = create_pretrained("efficientnet-lite0", classes, weights)
+    return net.eval(), dataclasses.replace(spec, image_size=SIZE)
+
+
+def _backbone_input(images: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:
+    """What the cached modes feed the backbone: [0, 1], resized (antialiased), normalised."""
+    x = F.interpolate(images.double() / 255, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
+    return (x - mean) / std
+
+
+def _last_stage_head(net: torch.nn.Module, spec: BackboneSpec) -> LastStageHead:
+    trunk_map = trunk_map_shape(net, spec)
+    return LastStageHead(net.last_stage(), net.fc, net._dropout, list(spec.feature_channels), trunk_map)  # type: ignore[operator, arg-type]
+
+
+def test_the_last_stage_on_the_cached_trunk_output_is_the_whole_backbone() -> None:
+    """Logits and all four feature levels of the cached path equal the full forward pass (float16 cache)."""
+    net, spec = _lite0()
+    images = torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8)
+    rows = pooled_features(net, spec, images, cut="last")
+    c, h, w = trunk_map_shape(net, spec)
+    assert rows.dtype == torch.float16 and rows.shape == (5, 24 + 40 + 112 + c * h * w)
+    head = _last_stage_head(net, spec).eval()
+    cached = head(rows.float()[:, :, None, None])
+    with torch.no_grad():
+        full = net(_backbone_input(images, spec).float())
+    torch.testing.assert_close(cached.logits, full.logits, rtol=0, atol=2e-3)
+    for level, (got, want) in enumerate(zip(cached.features, full.features, strict=True)):
+        pooled = got.mean(dim=(2, 3))
+        torch.testing.assert_close(pooled, want.mean(dim=(2, 3)), rtol=0, atol=5e-3, msg=f"level {level}")
+
+
+def test_last_mode_gradient_norms_are_the_backbones_with_its_trunk_frozen() -> None:
+    """The engine's exact per-sample entropy-gradient norms of the cached last stage equal the
+    one-image-at-a-time norms of the whole backbone on images with every trunk weight frozen
+    (float64, so the comparison is exact up to rounding); the trunk's weights add nothing."""
+    net, spec = _lite0()
+    net = net.double()
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    x = _backbone_input(images, spec)
+    with torch.no_grad():
+        taps, trunk_map = net.trunk(x)  # type: ignore[operator]
+    rows = torch.cat([*(t.mean(dim=(2, 3)) for t in taps), trunk_map.flatten(1)], dim=1)[:, :, None, None]
+    head = _last_stage_head(net, spec)
+    scores = per_sample_grad_norms(head, rows, reduction="global")
+    trained = {id(p) for p in head.parameters()}
+    for p in net.parameters():
+        p.requires_grad_(id(p) in trained)
+    reference = per_sample_grad_norms_loop(net, x, reduction="global")
+    torch.testing.assert_close(scores.double(), reference.double(), rtol=1e-5, atol=0)
+    assert sum(p.numel() for p in head.parameters()) < sum(p.numel() for p in net.parameters())
+
+
+def test_all_mode_feeds_the_backbone_resized_images_and_trains_every_weight() -> None:
+    dataset = make_dataset(num_train=8, num_test=4, classes=4, size=12)
+    config = resolve({"model.backbone": "efficientnet-lite0", "train.finetune": "all", "device": "cpu"})
+    model, aux = build_models(config, dataset, seed=0, device=torch.device("cpu"))
+    assert isinstance(model, PretrainedInput) and all(p.requires_grad for p in model.parameters())
+    assert aux.branches[-1].in_features == 1280  # w_aux reads the backbone's own four levels
+    net, spec = create_pretrained("efficientnet-lite0", 4, "imagenet")
+    net.load_state_dict(model.backbone.state_dict())
+    images = dataset.train.images[:3]
+    model.eval(), net.eval()
+    with torch.no_grad():
+        got = model(dataset.normalize(images)).logits
+        pixels = F.interpolate(images.float() / 255, size=(224, 224), mode="bilinear", antialias=True)
+        pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
+        want = net((pixels - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    rebuilt, _, _ = models_from_state(model_state(model, aux, architecture(config, dataset)))
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(dataset.normalize(images)).logits, got)
+
+
+def test_a_last_mode_model_file_rebuilds_the_same_model() -> None:
+    net, spec = _lite0(classes=3)
+    head = _last_stage_head(net, spec).eval()
+    config = resolve({"model.backbone": "efficientnet-lite0", "train.finetune": "last", "device": "cpu"})
+    dataset = dataclasses.replace(
+        make_dataset(num_train=4, num_test=2, classes=3),
+        feature_channels=spec.feature_channels,
+        trunk_map=trunk_map_shape(net, spec),
+    )
+    aux = build_models(config, dataset, 0, torch.device("cpu"))[1]
+    rebuilt, _, arch = models_from_state(model_state(head, aux, architecture(config, dataset)))
+    rows = torch.randn(2, 176 + 192 * 2 * 2, 1, 1)
+    assert isinstance(rebuilt, LastStageHead) and arch.trunk_map == [192, 2, 2]
+    torch.testing.assert_close(rebuilt(rows).logits, head(rows).logits)
+
+
+def test_lplgrad_run_in_last_mode_caches_the_trunk_once_and_trains_the_last_stage(tmp_path) -> None:
+    write_images(tmp_path / "folder" / "train", {"a": 12, "b": 12})
+    write_images(tmp_path / "folder" / "test", {"a": 4, "b": 4}, seed=1)
+    base = ["-q", "run", "--dataset", f"imagefolder:{tmp_path / 'folder'}", "--initial", "6", "--query", "4"]
+    base += ["--rounds", "2", "--device", "cpu", "--epochs", "1", "--set", "train.min_steps=0"]
+    base += ["--set", "model.backbone=efficientnet-lite0", "--set", "train.finetune=last"]
+    base += ["--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.batch_size=8"]
+    assert main([*base, "--strategy", "lplgrad,ent-gradnorm", "--out", str(tmp_path / "run")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert [(r["strategy"], r["labeled"]) for r in rows] == [
+        ("lplgrad", 6),
+        ("lplgrad", 10),
+        ("ent-gradnorm", 6),
+        ("ent-gradnorm", 10),
+    ]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["steps"] > 0 for r in rows)
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(("trunk", "features")))
+    assert len(cached) == 1 and cached[0].startswith("trunk-last-efficientnet-lite0-")
+
+
+def test_the_modes_that_need_a_pretrained_backbone_or_run_only_in_experiments_say_so() -> None:
+    for finetune in ("last", "all"):
+        with pytest.raises(UserError, match=r"runs in `lplgrad run`; a labeling project uses train\.finetune = head"):
+            resolve_settings({"train.finetune": finetune, "model.backbone": "efficientnet-lite0"})
+    resolve_settings({"train.finetune": "all", "model.backbone": "resnet18"})  # from scratch: fine
