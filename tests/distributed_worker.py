@@ -3,6 +3,7 @@
 distributed_worker.py picks OUT      each process scores its shard; rank 0 saves the picks
 distributed_worker.py fit OUT        a DistributedDataParallel fit; every rank saves its weights
 distributed_worker.py fail ARGS...   `lplgrad ARGS` where rank 1 fails in its second round
+distributed_worker.py features OUT   the cached-mode features of a small dataset, each rank its shard
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def fitted() -> dict[str, dict[str, Tensor]]:
     return {"plain": plain.state_dict(), "resnet": resnet.state_dict(), "aux": aux_model.state_dict()}
 
 
+def features_by_rank(out: Path) -> None:
+    """``cached_features_dataset`` in last mode under torchrun: each rank saves how many images it
+    put through the backbone and the rows it ended with."""
+    from lplgrad.train import features
+
+    real, counted = features.pooled_features, []
+    features.pooled_features = lambda *a, **k: counted.append(len(a[2])) or real(*a, **k)  # type: ignore[assignment]
+    dataset = features.cached_features_dataset(
+        make_dataset(num_train=9, num_test=5), "efficientnet-lite0", "default", out / "cache", "last"
+    )
+    rows = {"train": dataset.train.images, "test": dataset.test.images, "counted": counted}
+    torch.save(rows, out / f"rank-{world()[0]}.pt")
+
+
 def fail_in_round_1(args: list[str]) -> int:
     """`lplgrad ARGS`, with rank 1's evaluation of round 1 raising: rank 0 is then inside a collective."""
     import lplgrad.core.round
@@ -103,4 +118,6 @@ if __name__ == "__main__":
             torch.save({"world": world()[1], "picks": result}, rest[0])
     elif mode == "fit":
         torch.save(fitted(), Path(rest[0]) / f"rank-{world()[0]}.pt")
+    elif mode == "features":
+        features_by_rank(Path(rest[0]))
     dist.destroy_process_group()

@@ -75,6 +75,25 @@ def test_distributed_fit_averages_gradients_like_one_process_and_ranks_agree(tmp
     assert not torch.allclose(untrained["fc.weight"], single["plain"]["fc.weight"], atol=1e-2)  # it did train
 
 
+@needs_torchrun
+def test_two_processes_compute_the_cached_trunk_features_in_halves_and_one_writes_them(tmp_path: Path) -> None:
+    from lplgrad.train.features import cached_features_dataset
+    from tests.helpers import make_dataset
+
+    done = worker("features", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["counted"] == [4, 2] and ranks[1]["counted"] == [5, 3]  # shards of 9 and of 5 images
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # written once
+    single = cached_features_dataset(
+        make_dataset(num_train=9, num_test=5), "efficientnet-lite0", "default", tmp_path / "one", "last"
+    )
+    for rank in ranks:
+        assert torch.equal(rank["train"], ranks[0]["train"]) and torch.equal(rank["test"], ranks[0]["test"])
+        torch.testing.assert_close(rank["train"].float(), single.train.images.float(), rtol=0, atol=2e-2)
+        torch.testing.assert_close(rank["test"].float(), single.test.images.float(), rtol=0, atol=2e-2)
+
+
 RUN = ["--dataset", "digits", "--initial", "40", "--query", "20", "--epochs", "1", "--width", "4", "--device", "cpu"]
 
 

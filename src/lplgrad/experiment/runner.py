@@ -96,10 +96,10 @@ def _run_trials(
 ) -> list[dict[str, Any]]:
     with local_rank_first():  # under torchrun one process per machine downloads / decodes, then the others read
         dataset = (dataset or load_dataset(config.data)).to(device)
-        if config.train.finetune in ("head", "last"):  # what is frozen runs once per image, cached
-            cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
-            model = config.model
-            dataset = cached_features_dataset(dataset, model.backbone, model.weights, cache, config.train.finetune)
+    if config.train.finetune in ("head", "last"):  # what is frozen runs once per image (sharded), cached
+        cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
+        model = config.model
+        dataset = cached_features_dataset(dataset, model.backbone, model.weights, cache, config.train.finetune)
     pool_size = len(dataset.train)
     active = config.active
     sizes = labeled_schedule(active.initial_size, active.query_size, active.rounds, active.budget)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from lplgrad.data import Augment, Dataset, Split
 from lplgrad.models.backbones import BackboneSpec, create_pretrained
 from lplgrad.models.output import split_output
 from lplgrad.runtime.atomic_io import save_atomic
+from lplgrad.runtime.distributed import gather, shard, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,9 @@ def cached_features_dataset(
     kind = "features" if cut == "head" else f"trunk-{cut}"
     path = cache_dir / f"{kind}-{spec.name.replace(':', '_')}-{key.hexdigest()[:16]}.pt"
     device = dataset.train.images.device
-    if path.is_file():
+    # Every rank must agree to read or to compute (computing is collective under torchrun).
+    absent = sum_over_ranks(torch.tensor([0 if path.is_file() else 1], device=device))
+    if int(absent.item()) == 0:
         train, test = torch.load(path, map_location="cpu", weights_only=True)
         log.info("%s features of %s read from %s", spec.name, dataset.name, path)
     else:
@@ -132,11 +136,20 @@ def cached_features_dataset(
             path,
         )
         backbone.to(device)
-        train = pooled_features(backbone, spec, dataset.train.images, cut=cut)
-        test = pooled_features(backbone, spec, dataset.test.images, cut=cut)
-        save_atomic(path, (train, test))
+        train = sharded_features(backbone, spec, dataset.train.images, cut)
+        test = sharded_features(backbone, spec, dataset.test.images, cut)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one writer per machine (each machine has its cache)
+            save_atomic(path, (train, test))
     trunk_map = trunk_map_shape(backbone, spec) if cut == "last" else ()
     return replace(_with_features(dataset, spec, train, test), trunk_map=trunk_map)
+
+
+def sharded_features(backbone: nn.Module, spec: BackboneSpec, images: Tensor, cut: str) -> Tensor:
+    """``pooled_features`` of all ``images`` on every rank, each rank computing its shard under
+    torchrun (gathered in order; a no-op split in one process), like the sharded scoring."""
+    part = pooled_features(backbone, spec, images[shard(images.shape[0])], cut=cut)
+    device = next(backbone.parameters()).device  # NCCL gathers device tensors; float32: every backend has it
+    return gather(part.to(device, torch.float32)).half().cpu()
 
 
 def _weights_identity(weights: str) -> str:
