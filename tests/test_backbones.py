@@ -130,6 +130,8 @@ def test_the_feature_cache_resumes_after_a_kill_and_recomputes_a_changed_image(h
         (["--set", "train.finetune=head"], "freezes pretrained weights; resnet18 trains from scratch"),
         (["--set", "train.finetune=last"], "freezes pretrained weights; resnet18 trains from scratch"),
         (["--set", "model.backbone=efficientnet-lite0", "--set", "train.finetune=some"], "must be head, last or all"),
+        (["--set", "model.backbone=efficientnet-lite0", "--set", "model.input_size=16"], "must be 32 to 1024 px"),
+        (["--set", "model.input_size=64"], "resnet18 reads data.image_size"),
         (["--set", "model.weights=imagenet"], "resnet18 trains from scratch"),
     ],
 )

@@ -21,7 +21,7 @@ from lplgrad.models.model_file import model_state, models_from_state
 from lplgrad.models.pretrained_input import PretrainedInput
 from lplgrad.project.settings import resolve_settings
 from lplgrad.scoring.gradnorm import per_sample_grad_norms, per_sample_grad_norms_loop
-from lplgrad.train.features import pooled_features, trunk_map_shape
+from lplgrad.train.features import cached_features_dataset, pooled_features, trunk_map_shape
 from tests.helpers import make_dataset, write_images
 
 SIZE = 64  # the backbone's input size in these tests (224 by default), to keep them fast
@@ -145,3 +145,12 @@ def test_the_modes_that_need_a_pretrained_backbone_or_run_only_in_experiments_sa
         with pytest.raises(UserError, match=r"runs in `lplgrad run`; a labeling project uses train\.finetune = head"):
             resolve_settings({"train.finetune": finetune, "model.backbone": "efficientnet-lite0"})
     resolve_settings({"train.finetune": "all", "model.backbone": "resnet18"})  # from scratch: fine
+
+
+def test_model_input_size_resizes_to_it_and_keys_the_cache_by_it(tmp_path) -> None:
+    dataset = make_dataset(num_train=3, num_test=2, size=12)
+    at_64 = cached_features_dataset(dataset, "efficientnet-lite0", "default", tmp_path, input_size=64)
+    net, spec = _lite0()  # image_size 64, the same ImageNet weights
+    torch.testing.assert_close(at_64.train.images[:, :, 0, 0], pooled_features(net, spec, dataset.train.images))
+    cached_features_dataset(dataset, "efficientnet-lite0", "default", tmp_path, input_size=96)
+    assert len(list(tmp_path.iterdir())) == 2  # one file per input size, never mixed

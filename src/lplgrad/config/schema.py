@@ -39,6 +39,7 @@ class ModelConfig:
     aux_hidden: int = 128  # hidden units per feature level in w_aux, the loss prediction module
     backbone: str = "resnet18"  # resnet18 (from scratch) | efficientnet-lite0 | torchvision:NAME (models/backbones.py)
     weights: str = "default"  # default | imagenet | none | a state-dict file (default: ImageNet if pretrained)
+    input_size: int | None = None  # a pretrained backbone's input size in px; None: its own (224)
 
 
 @dataclass
@@ -365,6 +366,10 @@ def _check_backbone(config: RunConfig) -> None:
         raise UserError(f"train.finetune must be head, last or all, got {finetune!r}")
     if backbone == "resnet18" and config.model.weights not in ("default", "none"):
         raise UserError("resnet18 trains from scratch (model.weights = none); pretrained: efficientnet-lite0")
+    if config.model.input_size is not None and not 32 <= config.model.input_size <= 1024:
+        raise UserError(f"model.input_size must be 32 to 1024 px (or unset), got {config.model.input_size}")
+    if backbone == "resnet18" and config.model.input_size is not None:
+        raise UserError("model.input_size sizes a pretrained backbone's input; resnet18 reads data.image_size")
     if backbone == "resnet18" and finetune != "all":
         raise UserError(
             f"train.finetune = {finetune} freezes pretrained weights; resnet18 trains from scratch (all), "

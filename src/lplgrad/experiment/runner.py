@@ -98,8 +98,8 @@ def _run_trials(
         dataset = (dataset or load_dataset(config.data)).to(device)
     if config.train.finetune in ("head", "last"):  # what is frozen runs once per image (sharded), cached
         cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
-        model = config.model
-        dataset = cached_features_dataset(dataset, model.backbone, model.weights, cache, config.train.finetune)
+        model, cut = config.model, config.train.finetune
+        dataset = cached_features_dataset(dataset, model.backbone, model.weights, cache, cut, model.input_size)
     pool_size = len(dataset.train)
     active = config.active
     sizes = labeled_schedule(active.initial_size, active.query_size, active.rounds, active.budget)

@@ -17,6 +17,7 @@ its weights expect.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 from collections.abc import Callable
@@ -172,16 +173,21 @@ def list_backbones() -> list[str]:
     return ["resnet18", *PRETRAINED, "torchvision:NAME"]
 
 
-def create_pretrained(name: str, num_classes: int, weights: str) -> tuple[nn.Module, BackboneSpec]:
-    """A pretrained backbone with a new ``num_classes`` classifier, and what its inputs must be."""
+def create_pretrained(
+    name: str, num_classes: int, weights: str, input_size: int | None = None
+) -> tuple[nn.Module, BackboneSpec]:
+    """A pretrained backbone with a new ``num_classes`` classifier, and what its inputs must be
+    (``input_size``: another square size than the one its weights were trained at, e.g. 160 for speed)."""
     if name in PRETRAINED:
-        return PRETRAINED[name](num_classes, weights)
-    if name.startswith("torchvision:"):
-        return _torchvision(name.split(":", 1)[1], num_classes, weights)
-    raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+        model, spec = PRETRAINED[name](num_classes, weights)
+    elif name.startswith("torchvision:"):
+        model, spec = _torchvision(name.split(":", 1)[1], num_classes, weights)
+    else:
+        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    return model, (spec if input_size is None else dataclasses.replace(spec, image_size=input_size))
 
 
 @functools.cache
-def backbone_spec(name: str) -> BackboneSpec:
+def backbone_spec(name: str, input_size: int | None = None) -> BackboneSpec:
     """The spec of backbone ``name`` without reading any weights, built once per process."""
-    return create_pretrained(name, 2, "none")[1]
+    return create_pretrained(name, 2, "none", input_size)[1]

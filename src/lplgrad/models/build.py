@@ -47,4 +47,5 @@ def architecture(config: RunConfig, dataset: Dataset) -> Architecture:
         weights=config.model.weights,
         feature_channels=list(dataset.feature_channels),
         trunk_map=list(dataset.trunk_map),
+        input_size=config.model.input_size,
     )

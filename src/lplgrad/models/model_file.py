@@ -44,6 +44,7 @@ class Architecture:
     weights: str = "none"
     feature_channels: list[int] = field(default_factory=list)  # non-empty: a head on a frozen backbone
     trunk_map: list[int] = field(default_factory=list)  # non-empty: its last stage on the trunk's output
+    input_size: int | None = None  # a pretrained backbone's input size (model.input_size; None: its own)
 
 
 MainModel = FeatureHead | LastStageHead | PretrainedInput | ResNet18
@@ -60,14 +61,14 @@ def main_model(architecture: Architecture, weights: str) -> MainModel:
     """
     classes = len(architecture.classes)
     if architecture.trunk_map:
-        net, _ = create_pretrained(architecture.backbone, classes, weights)
+        net, _ = create_pretrained(architecture.backbone, classes, weights, architecture.input_size)
         dropout = getattr(net, "_dropout", nn.Identity())
         trunk_map = tuple(architecture.trunk_map)
         return LastStageHead(net.last_stage(), net.fc, dropout, architecture.feature_channels, trunk_map)  # type: ignore[operator, arg-type]
     if architecture.feature_channels:
         return FeatureHead(architecture.feature_channels, classes)
     if architecture.backbone != "resnet18":
-        net, spec = create_pretrained(architecture.backbone, classes, weights)
+        net, spec = create_pretrained(architecture.backbone, classes, weights, architecture.input_size)
         return PretrainedInput(net, spec, architecture.mean, architecture.std)
     return ResNet18(classes, architecture.channels, architecture.width, architecture.stem)  # type: ignore[arg-type]
 

@@ -41,13 +41,14 @@ def project_features(
 ) -> tuple[Tensor, BackboneSpec]:
     """float16 [len(rows), sum(C_k)] of these images, computing (and storing) only the missing ones,
     and the backbone's spec (its four feature levels split a row)."""
-    spec = backbone_spec(config.model.backbone)  # weights only when some features are missing
+    spec = backbone_spec(config.model.backbone, config.model.input_size)  # weights only when some are missing
     key = backbone_key(config, spec.image_size)
     stored = db.cached_features(conn, key, [row.sha256 for row in rows])  # type: ignore[arg-type]
     missing = list({row.sha256: row for row in rows if row.sha256 not in stored}.values())
     if missing:
         log.info("computing %s features of %d images (once; stored in the project)", spec.name, len(missing))
-        backbone, spec = create_pretrained(config.model.backbone, 2, config.model.weights)
+        model = config.model
+        backbone, spec = create_pretrained(model.backbone, 2, model.weights, model.input_size)
         backbone.to(resolve_device(config.device))
         chunks = [missing[start : start + CHUNK] for start in range(0, len(missing), CHUNK)]
         show = progress and sys.stderr.isatty()

@@ -45,7 +45,7 @@ def frozen_backbone(architecture: Architecture) -> tuple[nn.Module, BackboneSpec
     its model file records (not today's settings); None for a network trained from scratch."""
     if not architecture.feature_channels:
         return None
-    return create_pretrained(architecture.backbone, 2, architecture.weights)
+    return create_pretrained(architecture.backbone, 2, architecture.weights, architecture.input_size)
 
 
 def model_inputs(architecture: Architecture, images: Tensor, backbone: tuple[nn.Module, BackboneSpec] | None) -> Tensor:

@@ -121,7 +121,7 @@ class Model:
                 with closing(db.connect(self.project, readonly=True)) as conn:
                     loaded.temperature = db.temperature_of(conn, model_file)
                 if architecture.feature_channels:  # the spec only: no weights are read for it
-                    loaded.spec = backbone_spec(architecture.backbone)
+                    loaded.spec = backbone_spec(architecture.backbone, architecture.input_size)
                     config = read_settings(self.project)
                     named = replace(config.model, backbone=architecture.backbone, weights=architecture.weights)
                     loaded.key = backbone_key(replace(config, model=named), loaded.spec.image_size)

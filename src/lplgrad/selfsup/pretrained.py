@@ -34,7 +34,8 @@ def backbone_pool(config: RunConfig, backbone: str, out: Path) -> EmbedSummary:
     start = time.perf_counter()
     dataset = load_dataset(config.data)
     cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
-    features = cached_features_dataset(dataset, backbone, _weights(config, backbone), cache).train.images
+    weights, size = _weights(config, backbone), config.model.input_size
+    features = cached_features_dataset(dataset, backbone, weights, cache, input_size=size).train.images
     vectors = features.flatten(1).float()
     write_embeddings(out, vectors, dataset.train_files)
     return _summary(out, dataset.train_files, vectors.shape, start)

@@ -107,13 +107,18 @@ def features_dataset(dataset: Dataset, backbone: nn.Module, spec: BackboneSpec, 
 
 
 def cached_features_dataset(
-    dataset: Dataset, backbone_name: str, weights: str, cache_dir: Path, cut: str = "head"
+    dataset: Dataset,
+    backbone_name: str,
+    weights: str,
+    cache_dir: Path,
+    cut: str = "head",
+    input_size: int | None = None,
 ) -> Dataset:
     """``features_dataset`` of a benchmark's images (``cut``: what is frozen), computed once: cached
     under ``cache_dir`` in a file keyed by the images' bytes, the backbone, its weights and the cut,
     so a second run (another strategy, a resume) reads them in a second. A changed image, backbone
     or weights file is a new key."""
-    backbone, spec = create_pretrained(backbone_name, dataset.num_classes, weights)
+    backbone, spec = create_pretrained(backbone_name, dataset.num_classes, weights, input_size)
     key = hashlib.sha256()
     for part in (dataset.train.images, dataset.test.images):
         key.update(part.cpu().contiguous().numpy().tobytes())
