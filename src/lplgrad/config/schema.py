@@ -62,7 +62,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the main model's cross-entropy (w_aux still ranks the plain CE)
     sync_batchnorm: bool = False  # under torchrun on GPUs: BatchNorm statistics over the whole batch, not a shard
     # all: train every weight | head: a linear head on the frozen backbone's cached features |
-    # last: its last stage and the head on its frozen trunk's cached output (models/last_stage.py)
+    # last: its last stage and the head on its frozen trunk's cached output (models/last_stage.py).
+    # Not set: all for resnet18 (from scratch), head for a pretrained backbone (``resolve``).
     finetune: str = "all"
 
 
@@ -250,6 +251,8 @@ def resolve(user_values: dict[str, Any]) -> RunConfig:
     name = user_values.get("data.name", DataConfig.name)
     defaults = dataset_defaults(name)
     config = apply(apply(RunConfig(), check_keys(defaults)), user_values)
+    if "train.finetune" not in {**defaults, **user_values} and config.model.backbone != "resnet18":
+        config.train.finetune = "head"  # a pretrained backbone is used frozen unless told otherwise
     validate(config)
     return config
 
