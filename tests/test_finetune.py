@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,3 +155,66 @@ def test_model_input_size_resizes_to_it_and_keys_the_cache_by_it(tmp_path) -> No
     torch.testing.assert_close(at_64.train.images[:, :, 0, 0], pooled_features(net, spec, dataset.train.images))
     cached_features_dataset(dataset, "efficientnet-lite0", "default", tmp_path, input_size=96)
     assert len(list(tmp_path.iterdir())) == 2  # one file per input size, never mixed
+
+
+def test_a_torchvision_resnets_last_stage_is_layer4_on_the_cached_layer3_output() -> None:
+    torch.manual_seed(0)
+    net, spec = create_pretrained("torchvision:resnet18", 3, "none")
+    net, spec = net.eval(), dataclasses.replace(spec, image_size=SIZE)
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    rows = pooled_features(net, spec, images, cut="last")
+    assert trunk_map_shape(net, spec) == (256, 4, 4) and rows.shape == (3, 64 + 128 + 256 + 256 * 16)
+    head = LastStageHead(net.last_stage(), net.fc, torch.nn.Identity(), list(spec.feature_channels), (256, 4, 4))
+    with torch.no_grad():
+        full = net(_backbone_input(images, spec).float())
+        cached = head.eval()(rows.float()[:, :, None, None])
+    torch.testing.assert_close(cached.logits, full.logits, rtol=0, atol=5e-3)
+    trained = {id(p) for p in head.parameters()}
+    for p in net.parameters():
+        p.requires_grad_(id(p) in trained)
+    x = _backbone_input(images, spec).double()
+    with torch.no_grad():
+        taps, trunk_map = net.double().trunk(x)  # type: ignore[operator]
+    exact = torch.cat([*(t.mean(dim=(2, 3)) for t in taps), trunk_map.flatten(1)], dim=1)[:, :, None, None]
+    scores = per_sample_grad_norms(head, exact)  # in-place ReLUs: the torch.func path, exact too
+    torch.testing.assert_close(scores.double(), per_sample_grad_norms_loop(net, x).double(), rtol=1e-5, atol=0)
+
+
+def test_all_mode_reads_grey_images_as_three_channels_and_fine_tuned_batchnorm_keeps_up() -> None:
+    grey = make_dataset(num_train=6, num_test=2, classes=3, size=12)
+    grey = dataclasses.replace(
+        grey,
+        train=dataclasses.replace(grey.train, images=grey.train.images[:, :1].contiguous()),
+        test=dataclasses.replace(grey.test, images=grey.test.images[:, :1].contiguous()),
+        mean=(0.5,),
+        std=(0.25,),
+    )
+    config = resolve({"model.backbone": "efficientnet-lite0", "train.finetune": "all", "device": "cpu"})
+    model = build_models(config, grey, seed=0, device=torch.device("cpu"))[0].eval()
+    images = grey.train.images[:2]
+    with torch.no_grad():
+        got = model(grey.normalize(images)).logits
+        pixels = F.interpolate(images.float() / 255, size=(224, 224), mode="bilinear", antialias=True)
+        spec = create_pretrained("efficientnet-lite0", 3, "none")[1]
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
+        want = model.backbone((pixels.expand(-1, 3, -1, -1) - mean) / std).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # The Lite weights' TensorFlow momentum (0.01) would leave the running statistics ImageNet's.
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.1 for m in norms)
+    net, _ = create_pretrained("efficientnet-lite0", 3, "none")
+    assert all(m.momentum == 0.01 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_a_pretrained_backbone_is_frozen_unless_told_otherwise() -> None:
+    assert resolve({"model.backbone": "efficientnet-lite0"}).train.finetune == "head"
+    assert resolve({"model.backbone": "efficientnet-lite0", "train.finetune": "all"}).train.finetune == "all"
+    assert resolve({}).train.finetune == "all"  # resnet18 from scratch
+
+
+def test_embed_sizes_a_pretrained_backbones_input_with_model_input_size(tmp_path, capsys) -> None:
+    args = ["-q", "embed", "--dataset", "digits", "--backbone", "efficientnet-lite0", "--device", "cpu"]
+    args += ["--set", "model.input_size=32", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert main([*args, "--out", str(tmp_path / "digits.npy")]) == 0
+    assert np.load(tmp_path / "digits.npy").shape[1] == 1456
+    assert len(list((tmp_path / "cache").glob("features-*"))) == 1

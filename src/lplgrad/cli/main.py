@@ -289,7 +289,8 @@ def _main(args: argparse.Namespace) -> int:
                         summary = embed_project(args.project, settings, args.out)
                 except sqlite3.DatabaseError as error:
                     raise UserError(f"{args.project / 'project.db'}: {damage_hint(error)}") from None
-            elif args.backbone:
+            elif args.backbone:  # the backbone's settings (model.weights, model.input_size) are checked for it
+                args.set = [f"model.backbone={args.backbone}", *args.set]
                 summary = backbone_pool(config_from_args(args), args.backbone, args.out)
             else:
                 summary = embed_pool(config_from_args(args), settings, args.out)

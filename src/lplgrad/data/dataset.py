@@ -52,8 +52,8 @@ class Dataset:
     augment: Augment
     skipped_files: tuple[str, ...] = ()  # files of an image folder that could not be decoded
     train_files: tuple[str, ...] = ()  # an image folder's training files (relative to it), one per train row
-    # Non-empty when the "images" are a frozen backbone's pooled features [N, sum(C_k), 1, 1]
-    # (train.finetune = head): the channels of each of its four feature levels.
+    # Non-empty when the "images" are rows cached from a frozen backbone [N, D, 1, 1] (train.finetune
+    # = head: its four levels pooled, D = sum(C_k); last: see trunk_map): the channels of its four levels.
     feature_channels: tuple[int, ...] = ()
     # Non-empty when each row is instead a frozen trunk's output (train.finetune = last): the first
     # three levels pooled, then the last stage's input map of this (C, h, w), flattened.

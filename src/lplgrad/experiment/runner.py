@@ -24,6 +24,7 @@ from lplgrad.errors import UserError
 from lplgrad.experiment.loop import Learner, RoundObserver, run_rounds
 from lplgrad.experiment.progress import RoundLogger
 from lplgrad.experiment.run_folder import RunFolderRecorder, check_out_dir, hold_run_folder, prepare_out_dir
+from lplgrad.models.backbones import create_pretrained
 from lplgrad.models.build import build_models
 from lplgrad.models.model_file import load_weights
 from lplgrad.runtime.atomic_io import write_atomic
@@ -96,6 +97,8 @@ def _run_trials(
 ) -> list[dict[str, Any]]:
     with local_rank_first():  # under torchrun one process per machine downloads / decodes, then the others read
         dataset = (dataset or load_dataset(config.data)).to(device)
+        if config.model.backbone != "resnet18":  # its weights too (torchvision's download into torch's cache)
+            create_pretrained(config.model.backbone, dataset.num_classes, config.model.weights)
     if config.train.finetune in ("head", "last"):  # what is frozen runs once per image (sharded), cached
         cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()
         model, cut = config.model, config.train.finetune

@@ -2,7 +2,7 @@
 its frozen trunk's cached output.
 
 The trunk (every stage before the last) is frozen, so its output on an image never changes: it is
-computed once per image (``train.features.trunk_features``) and a round trains only the last stage
+computed once per image (``train.features.pooled_features`` with ``cut="last"``) and a round trains only the last stage
 (EfficientNet-Lite0: its stages 8 and 9 of Table 1, the 320-channel MBConv block and the 1x1
 convolution to 1,280 channels; a torchvision ResNet: layer4) and the classifier. A cached row is
 [B, D, 1, 1] with D = C_1 + C_2 + C_3 + C*h*w: the first three feature levels globally average-pooled

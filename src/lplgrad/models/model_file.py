@@ -42,7 +42,8 @@ class Architecture:
     aux_hidden: int
     backbone: str = "resnet18"
     weights: str = "none"
-    feature_channels: list[int] = field(default_factory=list)  # non-empty: a head on a frozen backbone
+    # non-empty: a frozen backbone's levels are read from a cache (a head; with trunk_map, a last stage)
+    feature_channels: list[int] = field(default_factory=list)
     trunk_map: list[int] = field(default_factory=list)  # non-empty: its last stage on the trunk's output
     input_size: int | None = None  # a pretrained backbone's input size (model.input_size; None: its own)
 

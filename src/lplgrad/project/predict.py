@@ -43,6 +43,8 @@ def latest_model(project: Path) -> tuple[torch.nn.Module, Architecture, float]:
 def frozen_backbone(architecture: Architecture) -> tuple[nn.Module, BackboneSpec] | None:
     """The pretrained backbone a head model reads the features of, built with the name and weights
     its model file records (not today's settings); None for a network trained from scratch."""
+    if architecture.trunk_map:  # a project never trains one (settings refuse last mode); a run's checkpoint
+        raise UserError("this model file fine-tunes a backbone's last stage (a run's); predict reads a head's")
     if not architecture.feature_channels:
         return None
     return create_pretrained(architecture.backbone, 2, architecture.weights, architecture.input_size)

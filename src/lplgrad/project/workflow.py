@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lplgrad.errors import UserError, quoted
+from lplgrad.models.backbones import backbone_spec
 from lplgrad.project import db
 from lplgrad.project.duplicates import describe, find_duplicates
 from lplgrad.project.exchange import LabelRecord, csv_writer, parse_file, spreadsheet_text
@@ -391,12 +392,12 @@ def status(project: Path, check: bool = False) -> dict[str, Any]:
 
 
 def _backbone(conn: Any, config: Any) -> str | None:
-    """The feature-cache key of the project's pretrained backbone (at whichever input size its
-    features were computed), None without one: status builds no model."""
+    """The feature-cache key of the project's pretrained backbone at its input size, None without
+    one (or before any of its features exist)."""
     if config.train.finetune != "head":
         return None
-    prefix = backbone_key(config, 0).rsplit("|", 1)[0] + "|"
-    return next((key for key in db.feature_backbones(conn) if key.startswith(prefix)), None)
+    key = backbone_key(config, backbone_spec(config.model.backbone, config.model.input_size).image_size)
+    return key if key in db.feature_backbones(conn) else None
 
 
 def export_csv(project: Path, out: Path) -> int:

@@ -26,7 +26,7 @@ from lplgrad.data import Augment, Dataset, Split
 from lplgrad.models.backbones import BackboneSpec, create_pretrained
 from lplgrad.models.output import split_output
 from lplgrad.runtime.atomic_io import save_atomic
-from lplgrad.runtime.distributed import gather, shard, sum_over_ranks
+from lplgrad.runtime.distributed import gather, shard, sum_over_ranks, world
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ def cached_features_dataset(
     under ``cache_dir`` in a file keyed by the images' bytes, the backbone, its weights and the cut,
     so a second run (another strategy, a resume) reads them in a second. A changed image, backbone
     or weights file is a new key."""
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
     backbone, spec = create_pretrained(backbone_name, dataset.num_classes, weights, input_size)
     key = hashlib.sha256()
     for part in (dataset.train.images, dataset.test.images):
@@ -153,8 +155,10 @@ def sharded_features(backbone: nn.Module, spec: BackboneSpec, images: Tensor, cu
     """``pooled_features`` of all ``images`` on every rank, each rank computing its shard under
     torchrun (gathered in order; a no-op split in one process), like the sharded scoring."""
     part = pooled_features(backbone, spec, images[shard(images.shape[0])], cut=cut)
-    device = next(backbone.parameters()).device  # NCCL gathers device tensors; float32: every backend has it
-    return gather(part.to(device, torch.float32)).half().cpu()
+    if world()[1] == 1:
+        return part
+    device = next(backbone.parameters()).device  # NCCL gathers device tensors
+    return gather(part.to(device)).cpu()
 
 
 def _weights_identity(weights: str) -> str:
