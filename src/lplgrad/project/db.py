@@ -496,7 +496,11 @@ def set_labels(conn: sqlite3.Connection, rows: list[tuple[int, str, str, int | N
 
 def cached_features(conn: sqlite3.Connection, backbone: str, hashes: list[str]) -> dict[str, bytes]:
     """The stored feature vectors (float16 bytes) of these content hashes under ``backbone``."""
-    found: dict[str, bytes] = {}
+    return dict(stored_features(conn, backbone, hashes))
+
+
+def stored_features(conn: sqlite3.Connection, backbone: str, hashes: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(sha256, float16 bytes) of those of these hashes stored under ``backbone``, 900 at a time."""
     unique = sorted(set(hashes))
     for start in range(0, len(unique), 900):  # SQLite's limit on bound parameters
         part = unique[start : start + 900]
@@ -504,8 +508,7 @@ def cached_features(conn: sqlite3.Connection, backbone: str, hashes: list[str]) 
         rows = conn.execute(
             f"SELECT sha256, vector FROM features WHERE backbone = ? AND sha256 IN ({marks})", (backbone, *part)
         )
-        found.update({row[0]: bytes(row[1]) for row in rows})
-    return found
+        yield from ((row[0], bytes(row[1])) for row in rows.fetchall())
 
 
 def add_features(conn: sqlite3.Connection, backbone: str, vectors: list[tuple[str, bytes]]) -> None:

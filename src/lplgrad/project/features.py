@@ -40,11 +40,20 @@ def project_features(
     conn: object, rows: list[db.ImageRow], config: RunConfig, progress: bool = True
 ) -> tuple[Tensor, BackboneSpec]:
     """float16 [len(rows), sum(C_k)] of these images, computing (and storing) only the missing ones,
-    and the backbone's spec (its four feature levels split a row)."""
+    and the backbone's spec (its four feature levels split a row). The answer is filled in place as
+    stored vectors are read and chunks computed: memory is the answer and one chunk, never a copy."""
     spec = backbone_spec(config.model.backbone, config.model.input_size)  # weights only when some are missing
     key = backbone_key(config, spec.image_size)
-    stored = db.cached_features(conn, key, [row.sha256 for row in rows])  # type: ignore[arg-type]
-    missing = list({row.sha256: row for row in rows if row.sha256 not in stored}.values())
+    dims = sum(spec.feature_channels)
+    positions: dict[str, list[int]] = {}  # content hash -> the rows that have it
+    for index, row in enumerate(rows):
+        positions.setdefault(row.sha256, []).append(index)
+    matrix = np.zeros((len(rows), dims), dtype=np.float16)
+    found = set()
+    for digest, vector in db.stored_features(conn, key, list(positions)):  # type: ignore[arg-type]
+        matrix[positions[digest]] = np.frombuffer(vector, dtype=np.float16, count=dims)
+        found.add(digest)
+    missing = [rows[where[0]] for digest, where in positions.items() if digest not in found]
     if missing:
         log.info("computing %s features of %d images (once; stored in the project)", spec.name, len(missing))
         model = config.model
@@ -63,11 +72,8 @@ def project_features(
                 items = [(row.sha256, vector.tobytes()) for row, vector in zip(chunk, vectors, strict=True)]
                 with db.transaction(conn):  # type: ignore[arg-type]
                     db.add_features(conn, key, items)  # type: ignore[arg-type]
-                stored.update(items)
+                for row, vector in zip(chunk, vectors, strict=True):
+                    matrix[positions[row.sha256]] = vector
         bar.close()
-    dims = sum(spec.feature_channels)
     compare_pending(conn, key, dims)  # the new ones, and any a kill or an older lplgrad left
-    if not rows:
-        return torch.zeros(0, dims, dtype=torch.float16), spec
-    matrix = np.stack([np.frombuffer(stored[row.sha256], dtype=np.float16, count=dims) for row in rows])
-    return torch.from_numpy(matrix.copy()), spec
+    return torch.from_numpy(matrix), spec
