@@ -185,3 +185,44 @@ def test_a_labeling_query_under_torchrun_writes_one_batch_like_one_process(tmp_p
         conn = db.connect(project)
         assert len(db.rounds(conn)) == 1
         conn.close()
+
+
+@needs_torchrun
+def test_a_head_round_under_torchrun_computes_the_missing_features_in_shards_like_one_process(tmp_path: Path) -> None:
+    """Rank 0 hands each chunk of images without features to both processes (``feature_shards``):
+    the stored features and the batch are those of one process."""
+    from lplgrad.cli.main import main
+    from lplgrad.project import db
+    from tests.helpers import make_images
+
+    truth = make_images(tmp_path / "pool", 21)
+    labels = "path,label\n" + "".join(f"{path},{label}\n" for path, label in list(truth.items())[:9])
+    (tmp_path / "labels.csv").write_text(labels)
+    head = ["--set", "model.backbone=efficientnet-lite0", "--set", "train.finetune=head", "--set", "device=cpu"]
+    head += ["--set", "train.min_steps=20", "--set", "active.duplicate_threshold=1.0"]
+    projects = {name: tmp_path / name for name in ("one", "two")}
+    for project in projects.values():
+        init = ["init", str(project), "--images", str(tmp_path / "pool"), "--classes", "red,green,blue"]
+        assert main([*init, "--labels", str(tmp_path / "labels.csv"), *head]) == 0
+    assert main(["query", str(projects["one"]), "--k", "4", "--strategy", "random"]) == 0
+    done = torchrun("-m", "lplgrad", "query", str(projects["two"]), "--k", "4", "--strategy", "random")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def stored(project: Path) -> dict[str, torch.Tensor]:
+        conn = db.connect(project, readonly=True)
+        vectors = {
+            sha: torch.frombuffer(bytearray(v), dtype=torch.float16)
+            for page in db.feature_pages(conn, db.feature_backbones(conn)[0])
+            for sha, v in page
+        }
+        conn.close()
+        return vectors
+
+    one, two = stored(projects["one"]), stored(projects["two"])
+    assert len(one) == 21 and one.keys() == two.keys()
+    for sha, vector in one.items():
+        torch.testing.assert_close(two[sha].float(), vector.float(), rtol=0, atol=2e-2)
+    batch = "batches/round-1/batch.csv"
+    assert [line.split(",")[1] for line in (projects["two"] / batch).read_text().splitlines()] == [
+        line.split(",")[1] for line in (projects["one"] / batch).read_text().splitlines()
+    ]

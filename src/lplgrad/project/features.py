@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +25,7 @@ from lplgrad.experiment.runner import resolve_device
 from lplgrad.models.backbones import BackboneSpec, backbone_spec, create_pretrained
 from lplgrad.project import db
 from lplgrad.project.duplicates import compare_pending
+from lplgrad.project.feature_shards import sharded_chunks
 from lplgrad.project.images import decode
 from lplgrad.train.features import pooled_features
 
@@ -37,11 +39,12 @@ def backbone_key(config: RunConfig, image_size: int) -> str:
 
 
 def project_features(
-    conn: object, rows: list[db.ImageRow], config: RunConfig, progress: bool = True
+    conn: object, rows: list[db.ImageRow], config: RunConfig, progress: bool = True, sharded: bool = False
 ) -> tuple[Tensor, BackboneSpec]:
     """float16 [len(rows), sum(C_k)] of these images, computing (and storing) only the missing ones,
     and the backbone's spec (its four feature levels split a row). The answer is filled in place as
-    stored vectors are read and chunks computed: memory is the answer and one chunk, never a copy."""
+    stored vectors are read and chunks computed: memory is the answer and one chunk, never a copy.
+    ``sharded``: rank 0 under torchrun, the other ranks waiting in ``feature_shards.receive_inputs``."""
     spec = backbone_spec(config.model.backbone, config.model.input_size)  # weights only when some are missing
     key = backbone_key(config, spec.image_size)
     dims = sum(spec.feature_channels)
@@ -62,18 +65,27 @@ def project_features(
         chunks = [missing[start : start + CHUNK] for start in range(0, len(missing), CHUNK)]
         show = progress and sys.stderr.isatty()
         bar = tqdm(total=len(missing), desc="features", unit="img", disable=not show, leave=False)
-        with ThreadPoolExecutor(1) as decoder:  # the next chunk decodes while the backbone runs
-            pending = decoder.submit(decode, chunks[0], spec.image_size)
-            for index, chunk in enumerate(chunks):
-                images = pending.result()
-                if index + 1 < len(chunks):
-                    pending = decoder.submit(decode, chunks[index + 1], spec.image_size)
-                vectors = pooled_features(backbone, spec, images, on_batch=bar.update).numpy()
-                items = [(row.sha256, vector.tobytes()) for row, vector in zip(chunk, vectors, strict=True)]
-                with db.transaction(conn):  # type: ignore[arg-type]
-                    db.add_features(conn, key, items)  # type: ignore[arg-type]
-                for row, vector in zip(chunk, vectors, strict=True):
-                    matrix[positions[row.sha256]] = vector
+        computed = sharded_chunks(chunks, config, backbone, spec) if sharded else _local_chunks(chunks, backbone, spec)
+        for chunk, vectors in computed:
+            items = [(row.sha256, vector.tobytes()) for row, vector in zip(chunk, vectors, strict=True)]
+            with db.transaction(conn):  # type: ignore[arg-type]
+                db.add_features(conn, key, items)  # type: ignore[arg-type]
+            for row, vector in zip(chunk, vectors, strict=True):
+                matrix[positions[row.sha256]] = vector
+            bar.update(len(chunk))
         bar.close()
     compare_pending(conn, key, dims)  # the new ones, and any a kill or an older lplgrad left
     return torch.from_numpy(matrix), spec
+
+
+def _local_chunks(
+    chunks: list[list[db.ImageRow]], backbone: torch.nn.Module, spec: BackboneSpec
+) -> Iterator[tuple[list[db.ImageRow], np.ndarray]]:
+    """Each chunk with its float16 features, the next chunk decoding in a thread while the backbone runs."""
+    with ThreadPoolExecutor(1) as decoder:
+        pending = decoder.submit(decode, chunks[0], spec.image_size)
+        for index, chunk in enumerate(chunks):
+            images = pending.result()
+            if index + 1 < len(chunks):
+                pending = decoder.submit(decode, chunks[index + 1], spec.image_size)
+            yield chunk, pooled_features(backbone, spec, images).numpy()

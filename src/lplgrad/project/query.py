@@ -30,13 +30,14 @@ from lplgrad.models.build import build_models
 from lplgrad.project import db
 from lplgrad.project.duplicates import find_duplicates
 from lplgrad.project.exchange import LOCAL_FILES_PREFIX, BatchItem
+from lplgrad.project.feature_shards import receive_inputs
 from lplgrad.project.features import backbone_key, project_features
 from lplgrad.project.images import check_unchanged, decode, moved_fingerprints, project_keys
 from lplgrad.project.oracle import NoOracle, PersonBatch, batch_folder
 from lplgrad.project.settings import DEFAULT_BATCH, read_settings
 from lplgrad.project.stopping import spaced_rounds
 from lplgrad.quality.assess import UNKNOWN
-from lplgrad.runtime.distributed import is_writer, share
+from lplgrad.runtime.distributed import is_writer, launched
 from lplgrad.runtime.folder_lock import folder_lock
 from lplgrad.strategies import Strategy
 from lplgrad.train.fit import TrainingDiverged
@@ -85,7 +86,9 @@ def query(
     with folder_lock(project, "project") if writer else nullcontext():
         conn = db.connect(project) if writer else None
         try:
-            inputs: ProjectInputs = share(read_inputs(conn, project, k, subset, include_pending) if conn else None)
+            # Under torchrun the other ranks compute their shards of the missing features meanwhile.
+            read = read_inputs(conn, project, k, subset, include_pending, launched()) if conn else None
+            inputs: ProjectInputs = receive_inputs(read)
             name = strategy_name or inputs.config.active.strategies[0]
             strategy = make_strategy(name, inputs.config)  # a bad name fails before any decoding
             oracle = _oracle(project, conn, inputs, name, url_prefix)
@@ -117,7 +120,9 @@ class ProjectInputs:
     copies: dict[int, set[int]] = field(default_factory=dict)  # exact and near duplicates among the candidates
 
 
-def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pending: bool) -> ProjectInputs:
+def read_inputs(
+    conn: Any, project: Path, k: int, subset: int | None, include_pending: bool, sharded: bool = False
+) -> ProjectInputs:
     """The labeled images, a seeded candidate subset of the queryable ones (``draw_candidates``, as
     in an experiment), the labeled test images, after checking every file is the one registered."""
     config = read_settings(project)
@@ -154,7 +159,7 @@ def read_inputs(conn: Any, project: Path, k: int, subset: int | None, include_pe
     channels: tuple[int, ...] = ()
     backbone = None
     if config.train.finetune == "head" and labeled:  # a cold start trains nothing
-        features, spec = project_features(conn, checked, config)
+        features, spec = project_features(conn, checked, config, sharded=sharded)
         channels, backbone = spec.feature_channels, backbone_key(config, spec.image_size)
     n_labeled, n_candidates, n_extra = len(labeled), len(candidates), len(stop_extra)
     n_train = n_labeled + n_candidates + n_extra
