@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,13 +122,17 @@ def test_a_last_mode_model_file_rebuilds_the_same_model() -> None:
     torch.testing.assert_close(rebuilt(rows).logits, head(rows).logits)
 
 
-def test_lplgrad_run_in_last_mode_caches_the_trunk_once_and_trains_the_last_stage(tmp_path) -> None:
+def _last_mode_run(tmp_path: Path, rounds: int = 2) -> list[str]:
     write_images(tmp_path / "folder" / "train", {"a": 12, "b": 12})
     write_images(tmp_path / "folder" / "test", {"a": 4, "b": 4}, seed=1)
     base = ["-q", "run", "--dataset", f"imagefolder:{tmp_path / 'folder'}", "--initial", "6", "--query", "4"]
-    base += ["--rounds", "2", "--device", "cpu", "--epochs", "1", "--set", "train.min_steps=0"]
+    base += ["--rounds", str(rounds), "--device", "cpu", "--epochs", "1", "--set", "train.min_steps=0"]
     base += ["--set", "model.backbone=efficientnet-lite0", "--set", "train.finetune=last"]
-    base += ["--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.batch_size=8"]
+    return [*base, "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.batch_size=8"]
+
+
+def test_lplgrad_run_in_last_mode_caches_the_trunk_once_and_trains_the_last_stage(tmp_path) -> None:
+    base = _last_mode_run(tmp_path)
     assert main([*base, "--strategy", "lplgrad,ent-gradnorm", "--out", str(tmp_path / "run")]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert [(r["strategy"], r["labeled"]) for r in rows] == [
@@ -218,3 +223,35 @@ def test_embed_sizes_a_pretrained_backbones_input_with_model_input_size(tmp_path
     assert main([*args, "--out", str(tmp_path / "digits.npy")]) == 0
     assert np.load(tmp_path / "digits.npy").shape[1] == 1456
     assert len(list((tmp_path / "cache").glob("features-*"))) == 1
+
+
+def test_a_last_mode_run_interrupted_in_a_round_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch) -> None:
+    """The warm-started last stage (and its BatchNorm statistics) goes through the checkpoint."""
+    from lplgrad.experiment.results import read_rows
+    from lplgrad.train import fit as train
+
+    args = [*_last_mode_run(tmp_path, rounds=3), "--strategy", "lplgrad", "--set", "deterministic=true"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    calls, original = [], train.fit
+
+    def interrupted_fit(*a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr("lplgrad.core.round.fit", interrupted_fit)
+    assert main([*args, "--out", str(tmp_path / "run")]) == 130
+    monkeypatch.setattr("lplgrad.core.round.fit", original)
+    assert (
+        main(
+            ["-q", "run", "--config", str(tmp_path / "run" / "config.toml"), "--out", str(tmp_path / "run"), "--resume"]
+        )
+        == 0
+    )
+
+    def rows(folder: str) -> list[dict]:
+        found = read_rows(tmp_path / folder / "results.jsonl")
+        return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in found]
+
+    assert len(rows("run")) == 3 and rows("run") == rows("reference")

@@ -137,6 +137,25 @@ def fit(
     ranking pairs are formed inside each shard (see the README).
     """
     device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # Module randomness (the dropout before a pretrained classifier) is seeded too, and the
+        # caller's generator is left as it was.
+        torch.manual_seed(seed)
+        return _fit(model, dataset, labeled, config, seed, aux_model, progress, description, on_epoch)
+
+
+def _fit(
+    model: nn.Module,
+    dataset: Dataset,
+    labeled: Tensor,
+    config: TrainConfig,
+    seed: int,
+    aux_model: nn.Module | None,
+    progress: bool,
+    description: str,
+    on_epoch: Callable[[int, int], None] | None,
+) -> FitResult:
+    device = next(model.parameters()).device
     processes = world()[1]
     train_model = data_parallel(model, config)
     train_aux_model = data_parallel(aux_model, config) if aux_model is not None else None
