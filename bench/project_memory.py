@@ -48,6 +48,18 @@ CHILD = (
 )
 
 
+def prepare(work: Path, images: int, size: int) -> tuple[Path, Path]:
+    """WORK/pool (generated once, kept for the next run) and WORK/project, which must not exist yet."""
+    pool, project = work / "pool", work / "project"
+    if not pool.exists():
+        start = time.perf_counter()
+        generate(pool, images, size)
+        print(f"generated {images} {size}x{size} PNGs in {time.perf_counter() - start:.0f} s")
+    if project.exists():
+        raise SystemExit(f"{project} exists; remove it first")
+    return pool, project
+
+
 def run(args: list[str]) -> tuple[float, float]:
     """(seconds, peak RSS in MiB) of one lplgrad command in a child process."""
     start = time.perf_counter()
@@ -63,13 +75,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lplgrad-bench"))
     args = parser.parse_args()
-    pool, project = args.work / "pool", args.work / "project"
-    if not pool.exists():
-        start = time.perf_counter()
-        generate(pool, args.images, args.size)
-        print(f"generated {args.images} {args.size}x{args.size} PNGs in {time.perf_counter() - start:.0f} s")
-    if project.exists():
-        raise SystemExit(f"{project} exists; remove it first")
+    pool, project = prepare(args.work, args.images, args.size)
     decoded_mib = args.images * 3 * args.size * args.size / 2**20
     print(f"the whole pool decoded would be {decoded_mib:.0f} MiB of uint8 ({4 * decoded_mib:.0f} MiB as float32)")
     tiny = [
