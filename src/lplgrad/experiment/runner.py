@@ -97,7 +97,7 @@ def _run_trials(
 ) -> list[dict[str, Any]]:
     with local_rank_first():  # under torchrun one process per machine downloads / decodes, then the others read
         dataset = (dataset or load_dataset(config.data)).to(device)
-        if config.model.backbone != "resnet18":  # its weights too (torchvision's download into torch's cache)
+        if config.model.backbone.startswith("torchvision:"):  # its weights too: a download into torch's cache
             create_pretrained(config.model.backbone, dataset.num_classes, config.model.weights)
     if config.train.finetune in ("head", "last"):  # what is frozen runs once per image (sharded), cached
         cache = Path(config.data.cache_dir).expanduser() if config.data.cache_dir else default_cache_dir()

@@ -21,8 +21,8 @@ from lplgrad.experiment.runner import resolve_device
 from lplgrad.models.backbones import BackboneSpec, create_pretrained
 from lplgrad.project import db
 from lplgrad.project.images import decode
-from lplgrad.runtime.distributed import gather, shard, share
-from lplgrad.train.features import pooled_features
+from lplgrad.runtime.distributed import shard, share
+from lplgrad.train.features import gathered_rows, pooled_features
 
 CHUNK_WORK, INPUTS = "chunk", "inputs"  # what rank 0 broadcasts: a chunk to compute, or the round's inputs
 
@@ -57,6 +57,4 @@ def receive_inputs(inputs: Any) -> Any:
 
 def _gathered(backbone: nn.Module, spec: BackboneSpec, chunk: list[db.ImageRow]) -> np.ndarray:
     mine = chunk[shard(len(chunk))]
-    part = pooled_features(backbone, spec, decode(mine, spec.image_size))
-    device = next(backbone.parameters()).device  # NCCL gathers device tensors
-    return gather(part.to(device)).cpu().numpy()
+    return gathered_rows(pooled_features(backbone, spec, decode(mine, spec.image_size)), backbone).numpy()

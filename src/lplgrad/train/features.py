@@ -98,14 +98,6 @@ def row_size(backbone: nn.Module, spec: BackboneSpec, cut: str) -> int:
     return sum(spec.feature_channels[:-1]) + c * h * w
 
 
-def features_dataset(dataset: Dataset, backbone: nn.Module, spec: BackboneSpec, batch_size: int = 64) -> Dataset:
-    """``dataset`` with its images replaced by ``backbone``'s pooled features [N, sum(C_k), 1, 1]
-    (float16, on the dataset's device), without augmentation: what a head is trained and scored on."""
-    train = pooled_features(backbone, spec, dataset.train.images, batch_size)
-    test = pooled_features(backbone, spec, dataset.test.images, batch_size)
-    return _with_features(dataset, spec, train, test)
-
-
 def cached_features_dataset(
     dataset: Dataset,
     backbone_name: str,
@@ -114,7 +106,8 @@ def cached_features_dataset(
     cut: str = "head",
     input_size: int | None = None,
 ) -> Dataset:
-    """``features_dataset`` of a benchmark's images (``cut``: what is frozen), computed once: cached
+    """``dataset`` with its images replaced by the frozen part's rows (``cut``), without augmentation:
+    what a head or a last stage is trained and scored on. Computed once: cached
     under ``cache_dir`` in a file keyed by the images' bytes, the backbone, its weights and the cut,
     so a second run (another strategy, a resume) reads them in a second. A changed image, backbone
     or weights file is a new key."""
@@ -154,7 +147,11 @@ def cached_features_dataset(
 def sharded_features(backbone: nn.Module, spec: BackboneSpec, images: Tensor, cut: str) -> Tensor:
     """``pooled_features`` of all ``images`` on every rank, each rank computing its shard under
     torchrun (gathered in order; a no-op split in one process), like the sharded scoring."""
-    part = pooled_features(backbone, spec, images[shard(images.shape[0])], cut=cut)
+    return gathered_rows(pooled_features(backbone, spec, images[shard(images.shape[0])], cut=cut), backbone)
+
+
+def gathered_rows(part: Tensor, backbone: nn.Module) -> Tensor:
+    """Every rank's ``part`` (CPU rows) concatenated in rank order, on the CPU; ``part`` itself in one process."""
     if world()[1] == 1:
         return part
     device = next(backbone.parameters()).device  # NCCL gathers device tensors
